@@ -1,0 +1,108 @@
+"""The ``demux`` command line: argument parsing and error handling only.
+
+Each subcommand lives in ``demux.commands.<name>`` with a ``run(args) -> int`` and is
+imported only when used, so ``demux --help`` starts fast and never loads scapy or numba.
+Bad input ends as one line on stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from demux.errors import DemuxError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="demux",
+        description="Which process would have received this packet, and why: "
+                    "Linux port demultiplexing, emulated.")
+    from demux import __version__
+    p.add_argument("--version", action="version", version=f"demux {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("check", help="apply a scenario's socket calls and report each outcome")
+    c.add_argument("scenario")
+    c.add_argument("--json", action="store_true", help="one JSON array, an object per call")
+
+    r = sub.add_parser("replay", help="the verdict of every packet of a capture")
+    r.add_argument("capture", help="pcap or pcapng file, or - for standard input")
+    r.add_argument("-s", "--scenario", help="the host's scenario (default: inferred from the capture)")
+    r.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    r.add_argument("--summary", action="store_true", help="print only the summary")
+    r.add_argument("--split", metavar="DIR", help="write DIR/NAME-PID.pcap per process and rejected.pcap")
+    r.add_argument("--annotate", metavar="OUT", help="write the capture as pcapng with a verdict comment per packet")
+    r.add_argument("--engine", choices=("auto", "reference", "batch"), default="auto")
+    r.add_argument("--workers", type=int, default=1, help="shard flows over N worker processes")
+    r.add_argument("--seed", type=int, default=0, help="seed of the SO_REUSEPORT flow hash")
+    r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    e = sub.add_parser("explain", help="teach one packet: every field, then the lookup")
+    e.add_argument("capture")
+    e.add_argument("-n", type=int, required=True, help="packet number, 1-based")
+    e.add_argument("-s", "--scenario")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("ss", help="the emulated socket table, as iproute2's ss prints it")
+    s.add_argument("-s", "--scenario")
+    s.add_argument("-t", "--tcp", action="store_true")
+    s.add_argument("-u", "--udp", action="store_true")
+    s.add_argument("-l", "--listening", action="store_true")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-n", "--numeric", action="store_true")
+    s.add_argument("-p", "--processes", action="store_true")
+    s.add_argument("-e", "--extended", action="store_true")
+    s.add_argument("--capture", help="replay this capture first")
+    s.add_argument("--at", type=float, help="seconds from the first packet (with --capture)")
+    s.add_argument("--seed", type=int, default=0)
+
+    i = sub.add_parser("infer", help="write the scenario a capture implies")
+    i.add_argument("capture")
+    i.add_argument("-o", "--output", help="scenario file to write (default: standard output)")
+
+    sn = sub.add_parser("snapshot", help="write the scenario of this machine, from /proc")
+    sn.add_argument("-o", "--output")
+
+    im = sub.add_parser("import-ss", help="write a scenario from saved `ss -tulnpe` output")
+    im.add_argument("file", help="saved ss output, or - for standard input")
+    im.add_argument("-o", "--output")
+
+    lv = sub.add_parser("live", help="dispatch a TUN interface's traffic to handler processes")
+    lv.add_argument("--tun", required=True, metavar="NAME")
+    lv.add_argument("-s", "--scenario", required=True)
+    lv.add_argument("--address", metavar="CIDR", action="append",
+                    help="the kernel's own end of the TUN, e.g. 10.66.0.1/24 (repeatable)")
+    lv.add_argument("--handlers", metavar="MODULE", help="module with one function per process name")
+    lv.add_argument("--queue", type=int, default=256, help="segments queued per handler before drops")
+    lv.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    b = sub.add_parser("bench", help="parse and dispatch speed beside scapy, dpkt and tshark")
+    b.add_argument("--packets", type=int, default=200_000)
+    b.add_argument("--capture", help="use this capture instead of a generated one")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    module = importlib.import_module(f"demux.commands.{args.command.replace('-', '_')}")
+    try:
+        return module.run(args)
+    except DemuxError as err:
+        print(f"demux {args.command}: {err}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # A reader such as `head` went away: stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
