@@ -23,6 +23,56 @@ def flag_string(flags: int) -> str:
     return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit) or "none"
 
 
+class FragmentInfo:
+    """What an IP fragment says about its place in the datagram.
+
+    ``offset`` is in bytes (the header's 8-byte units times 8); ``more`` is the MF bit.
+    The fragment's data is ``data[l4_off:l4_off + payload_len]`` of its Packet. For IPv6,
+    ``hdr_off`` is the offset of the Fragment header and ``nxt_off`` that of the
+    next-header byte pointing at it, which reassembly rewrites (``ip6_frag_reasm``).
+    """
+
+    __slots__ = ("ident", "offset", "more", "hdr_off", "nxt_off")
+
+    def __init__(self, ident: int, offset: int, more: bool, hdr_off: int = -1, nxt_off: int = -1):
+        self.ident = ident
+        self.offset = offset
+        self.more = more
+        self.hdr_off = hdr_off
+        self.nxt_off = nxt_off
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, FragmentInfo) and
+                (self.ident, self.offset, self.more) == (other.ident, other.offset, other.more))
+
+    def __repr__(self) -> str:
+        return f"FragmentInfo(ident={self.ident}, offset={self.offset}, more={self.more})"
+
+
+class Quoted(tuple):
+    """The datagram an ICMP error quotes: (family, proto, src, dst, sport, dport).
+
+    As the offending packet was sent: ``src`` is the local end that sent it, so a
+    port-unreachable answering our UDP datagram quotes our own address and port as src.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int):
+        return tuple.__new__(cls, (family, proto, src, dst, sport, dport))
+
+    family = property(lambda self: self[0])
+    proto = property(lambda self: self[1])
+    src = property(lambda self: self[2])
+    dst = property(lambda self: self[3])
+    sport = property(lambda self: self[4])
+    dport = property(lambda self: self[5])
+
+    def __repr__(self) -> str:
+        return (f"Quoted(family={self[0]}, proto={self[1]}, src={self[2].hex()}, "
+                f"dst={self[3].hex()}, sport={self[4]}, dport={self[5]})")
+
+
 class Packet:
     """A parsed frame. Fields are filled as deep as parsing got.
 
@@ -37,6 +87,7 @@ class Packet:
         "sport", "dport", "flags", "seq", "ack", "window", "tsval", "mss",
         "payload_len", "l3_off", "l4_off", "payload_off",
         "link_bcast", "frag", "error",
+        "icmp_type", "icmp_code", "inner",
     )
 
     def __init__(self, n: int = 0, ts: float = 0.0, linktype: int = 1, data: bytes = b"",
@@ -67,6 +118,9 @@ class Packet:
         self.link_bcast = False      # link-layer broadcast/multicast destination
         self.frag = None             # FragmentInfo for an IP fragment, else None
         self.error = None            # one-line reason when malformed
+        self.icmp_type = -1          # ICMP/ICMPv6 type, -1 when not ICMP
+        self.icmp_code = -1          # ICMP/ICMPv6 code, -1 when not ICMP
+        self.inner = None            # Quoted: the datagram an ICMP error quotes, when parseable
 
     def __repr__(self) -> str:
         return (f"Packet(n={self.n}, family={self.family}, proto={self.proto}, "
