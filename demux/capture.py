@@ -87,7 +87,8 @@ _S = {
         "pcap_rec": struct.Struct(bo + "IIII"),
         "blk": struct.Struct(bo + "II"),
         "u32": struct.Struct(bo + "I"),
-        "epb": struct.Struct(bo + "IIIII"),       # ifid, ts high, ts low, caplen, orig len
+        # block type, length; then as in an EPB: ifid, ts high, ts low, caplen, orig len
+        "head": struct.Struct(bo + "IIIIIII"),
         "opb": struct.Struct(bo + "HHIIII"),      # ifid, drops, ts high, ts low, caplen, orig len
         "shb": struct.Struct(bo + "HHq"),         # major, minor, section length
         "idb": struct.Struct(bo + "HHI"),         # linktype, reserved, snaplen
@@ -133,10 +134,11 @@ class Frame:
 class _Damage(Exception):
     """Internal: the file is damaged at ``offset``; iteration stops there."""
 
-    def __init__(self, offset: int, what: str):
+    def __init__(self, offset: int, what: str, kind: str = "damaged"):
         super().__init__(what)
         self.offset = offset
         self.what = what
+        self.kind = kind        # "truncated" (the file ends) or "damaged" (a length lies)
 
 
 class CaptureReader:
@@ -194,7 +196,7 @@ class CaptureReader:
     def _stop(self, n: int, damage: _Damage) -> None:
         self.count = n
         self.truncated_at = damage.offset
-        self.warning = (f"{self.name}: {damage.what} at byte {damage.offset}; "
+        self.warning = (f"{self.name}: {damage.kind} at byte {damage.offset} ({damage.what}); "
                         f"{n} packet{'s' if n != 1 else ''} read")
 
     def _refuse_linktype(self, linktype: int, where: str = "") -> CaptureError:
@@ -266,7 +268,7 @@ class CaptureReader:
                 pos = 0
                 if len(buf) == held:      # nothing more to read
                     if held:
-                        raise _Damage(base, f"truncated (record {n + 1} cut short)")
+                        raise _Damage(base, f"record {n + 1} cut short", "truncated")
                     break
         except _Damage as d:
             self._stop(n, d)
@@ -301,7 +303,7 @@ class CaptureReader:
             return gen
         return itertools.chain((first,), gen)
 
-    def _parse_idb(self, buf, pos, nxt, s, ifaces):
+    def _parse_idb(self, buf, pos, nxt, s, ifaces, at):
         linktype, _res, snaplen = s["idb"].unpack_from(buf, pos + 8)
         ifname = None
         per_sec = 1000000
@@ -315,7 +317,7 @@ class CaptureReader:
                 break
             v = p + 4
             if v + olen > stop:
-                raise _Damage(pos, f"interface {len(ifaces)} has an option running past its block")
+                raise _Damage(at, f"interface {len(ifaces)} has an option running past its block")
             if code == 2:        # if_name
                 ifname = bytes(buf[v:v + olen]).rstrip(b"\0").decode("utf-8", "replace")
             elif code == 9 and olen >= 1:    # if_tsresol: power of 10, or of 2 with the top bit
@@ -342,14 +344,20 @@ class CaptureReader:
         new = object.__new__
         ifaces: list[tuple] = []
         s = _S["<"]
-        blk = epb = u32 = None
+        blk, head, u32 = s["blk"].unpack_from, s["head"].unpack_from, s["u32"].unpack_from
         try:
             while True:
                 end = len(buf)
                 need = 12
                 while pos + 12 <= end:
-                    if buf[pos:pos + 4] == _PCAPNG_SHB:
-                        # A new section may switch byte order; its interfaces start afresh.
+                    if pos + 28 <= end:
+                        # One unpack serves the common case, an EPB; other blocks ignore the rest.
+                        btype, blen, ifid, hi, lo, caplen, orig_len = head(buf, pos)
+                    else:
+                        btype, blen = blk(buf, pos)
+                    if btype == _SHB_TYPE:
+                        # A new section may switch byte order (the SHB type reads the same
+                        # either way); its interfaces start afresh.
                         bom = buf[pos + 8:pos + 12]
                         if bom == _BOM_LE:
                             s = _S["<"]
@@ -358,13 +366,11 @@ class CaptureReader:
                         else:
                             raise _Damage(base + pos, f"section header with a bad byte-order "
                                           f"magic {bom.hex()}")
-                        blk, epb, u32 = s["blk"].unpack_from, s["epb"].unpack_from, s["u32"].unpack_from
+                        blk, head, u32 = s["blk"].unpack_from, s["head"].unpack_from, s["u32"].unpack_from
                         btype, blen = blk(buf, pos)
                         if blen < 28:
                             raise _Damage(base + pos, f"section header with a bad length {blen}")
                         ifaces = []
-                    else:
-                        btype, blen = blk(buf, pos)
                     nxt = pos + blen
                     if blen < 12 or blen & 3 or blen > _MAX_BLOCK:
                         raise _Damage(base + pos, f"{_block_name(btype)} block with a bad "
@@ -378,7 +384,6 @@ class CaptureReader:
                     if btype == _EPB:
                         if blen < 32:
                             raise _Damage(base + pos, f"enhanced packet block with a bad length {blen}")
-                        ifid, hi, lo, caplen, orig_len = epb(buf, pos + 8)
                         if ifid >= len(ifaces):
                             raise _Damage(base + pos, f"record {n + 1} names interface {ifid}, "
                                           f"which was never described")
@@ -407,7 +412,7 @@ class CaptureReader:
                         if blen < 20:
                             raise _Damage(base + pos, f"interface description block with a bad "
                                           f"length {blen}")
-                        self._parse_idb(buf, pos, nxt, s, ifaces)
+                        self._parse_idb(buf, pos, nxt, s, ifaces, base + pos)
                     elif btype == _SPB:
                         if blen < 16:
                             raise _Damage(base + pos, f"simple packet block with a bad length {blen}")
@@ -454,10 +459,10 @@ class CaptureReader:
                 pos = 0
                 if len(buf) == held:
                     if held:
-                        what = _block_name(blk(buf, 0)[0]) if held >= 8 and blk else "block"
+                        what = _block_name(blk(buf, 0)[0]) if held >= 8 else "block"
                         if what in ("enhanced packet", "simple packet", "packet"):
-                            raise _Damage(base, f"truncated (record {n + 1} cut short)")
-                        raise _Damage(base, f"truncated ({what} block cut short)")
+                            raise _Damage(base, f"record {n + 1} cut short", "truncated")
+                        raise _Damage(base, f"{what} block cut short", "truncated")
                     break
         except _Damage as d:
             self._stop(n, d)

@@ -327,7 +327,7 @@ def test_truncated_pcap(tmp_path, cut_into):
     frames, r = read_all(path)
     assert [f.n for f in frames] == [1, 2, 3]
     assert r.truncated_at == rec3
-    assert r.warning == f"{path}: truncated (record 4 cut short) at byte {rec3}; 3 packets read"
+    assert r.warning == f"{path}: truncated at byte {rec3} (record 4 cut short); 3 packets read"
     assert "\n" not in r.warning
 
 
@@ -372,7 +372,8 @@ def test_pcapng_block_with_a_bad_length(tmp_path):
     path.write_bytes(blob + bytes(bad) + epb("<", 0, 3, b"c" * 40))
     frames, r = read_all(path)
     assert len(frames) == 1 and r.truncated_at == len(blob)
-    assert "bad length 13" in r.warning
+    assert r.warning == (f"{path}: damaged at byte {len(blob)} (enhanced packet block with a "
+                         f"bad length 13); 1 packet read")
 
 
 def test_pcapng_trailing_length_mismatch_is_damage(tmp_path):
@@ -612,3 +613,22 @@ def test_round_trip_property(tmp_path, recs):
     assert [(f.ts_ns, f.data, f.orig_len, f.linktype) for f in a] == \
            [(ts, data, len(data) + extra, lt) for ts, data, extra, _ in recs]
     same_frames(a, b)
+
+
+def test_pcapng_interface_option_overrunning_its_block(tmp_path):
+    head = shb("<") + idb("<") + epb("<", 0, 1, b"a" * 40)
+    bad = bytearray(idb("<", name="eth1"))
+    struct.pack_into("<H", bad, 18, 200)           # if_name claims 200 bytes
+    (tmp_path / "o.pcapng").write_bytes(head + bytes(bad) + epb("<", 1, 1, b"b" * 40))
+    frames, r = read_all(tmp_path / "o.pcapng")
+    assert len(frames) == 1 and r.truncated_at == len(head)
+    assert "option running past its block" in r.warning
+
+
+def test_pcapng_cut_inside_a_non_packet_block(tmp_path):
+    head = shb("<") + idb("<") + epb("<", 0, 1, b"a" * 40)
+    (tmp_path / "c.pcapng").write_bytes(head + nrb("<")[:20])
+    frames, r = read_all(tmp_path / "c.pcapng")
+    assert len(frames) == 1 and r.truncated_at == len(head)
+    assert r.warning.endswith(f"truncated at byte {len(head)} (name resolution block cut short); "
+                              f"1 packet read")
