@@ -1,0 +1,870 @@
+"""The emulated kernel: the socket table, the socket calls, and what each segment does.
+
+Theory of operation. ``Kernel`` holds, per protocol and port, the sockets bound there in
+the kernel's chain order, the listening sockets, and the established hash (exact
+4-tuple -> ``Conn``: request sockets in SYN-RECV, full connections, TIME-WAIT). Socket
+calls (``socket``/``bind``/``listen``/``connect``/``close``) follow
+net/ipv4/af_inet.c, inet_connection_sock.c and udp.c and produce an ``Outcome`` each.
+``input`` and ``output`` take one parsed packet (``demux.wire.packet.Packet``) whose
+destination, resp. source, is local, and return a ``Verdict``: the established hash
+first, then the listener/UDP lookup (``demux.kernel.lookup``), then the TCP state
+table (``demux.kernel.tcp_states``). Sans-IO: nothing here reads a file or a socket.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+from demux.kernel import bind as bindrules
+from demux.kernel import lookup as lk
+from demux.kernel import tcp_states as ts
+from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped, pack, rcv_saddr_equal
+from demux.scenario import ProcessSpec, Scenario, SocketSpec
+
+SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
+LOOPBACK6 = b"\x00" * 15 + b"\x01"
+
+
+class ProcState:
+    """A scenario process: its name, pid, uid and open descriptors."""
+
+    __slots__ = ("name", "pid", "uid", "index", "fds", "spec")
+
+    def __init__(self, spec: ProcessSpec, index: int):
+        self.name, self.pid, self.uid, self.index, self.spec = spec.name, spec.pid, spec.uid, index, spec
+        self.fds = {0, 1, 2}
+
+    def alloc_fd(self, want: int | None = None) -> int:
+        # The lowest free descriptor, as every Unix open()/socket()/accept() returns.
+        if want is not None:
+            self.fds.add(want)
+            return want
+        fd = 3
+        while fd in self.fds:
+            fd += 1
+        self.fds.add(fd)
+        return fd
+
+    def free_fd(self, fd: int | None) -> None:
+        if fd is not None:
+            self.fds.discard(fd)
+
+
+class Outcome:
+    """The result of one socket call, as ``demux check`` reports it (SPEC §2)."""
+
+    __slots__ = ("proc_index", "sock_index", "process", "pid", "fd", "proto", "call",
+                 "local", "remote", "result", "why", "at")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    def as_dict(self) -> dict:
+        d = {"process": self.process, "pid": self.pid, "fd": self.fd, "proto": self.proto,
+             "call": self.call, "local": self.local, "result": self.result, "why": self.why}
+        if self.remote is not None:
+            d["remote"] = self.remote
+        if self.at is not None:
+            d["at"] = self.at
+        return d
+
+
+class Conn:
+    """A TCP connection in the established hash: request socket, full socket or TIME-WAIT."""
+
+    __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
+                 "expire", "rcv_nxt", "tsval", "reason", "desc", "queued")
+
+    def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
+        self.key = key
+        self.family = family
+        self.state = state
+        self.listener = listener      # the listener that accepted it (passive side)
+        self.sock = sock              # the scenario's client socket (active side)
+        self.proc = proc
+        self.fd = fd
+        self.fin_out = None           # the ACK number that acknowledges our FIN
+        self.expire = 0.0             # absolute time a SYN-RECV or TIME-WAIT entry ends
+        self.rcv_nxt = 0
+        self.tsval = None
+        self.reason = reason
+        self.desc = None
+        self.queued = False           # waiting in the listener's accept queue
+
+    def describe(self) -> str:
+        if self.desc is None:
+            laddr, lport, raddr, rport = self.key
+            self.desc = f"tcp {self.state} {endpoint(laddr, lport)} {endpoint(raddr, rport)}"
+        return self.desc
+
+
+class Verdict:
+    """What the host does with one packet (SPEC §3)."""
+
+    __slots__ = ("verdict", "proc", "fd", "socket", "state", "reason", "reply", "copies")
+
+    def __init__(self, verdict, reason, proc=None, fd=None, socket=None, state=None, reply=None, copies=None):
+        self.verdict = verdict
+        self.reason = reason
+        self.proc = proc
+        self.fd = fd
+        self.socket = socket
+        self.state = state
+        self.reply = reply
+        self.copies = copies          # [(ProcState, fd)] for a datagram delivered to several sockets
+
+
+class Lookup:
+    """The answer of ``Kernel.lookup``: receiving sockets, the reply, the steps."""
+
+    __slots__ = ("socks", "reply", "trace")
+
+    def __init__(self, socks, reply, trace):
+        self.socks, self.reply, self.trace = socks, reply, trace
+
+
+def _seq_after(a: int, b: int) -> bool:
+    return ((a - b) & 0xFFFFFFFF) not in (0,) and ((a - b) & 0xFFFFFFFF) < 0x80000000
+
+
+def _ack_covers(ack: int, fin_out: int) -> bool:
+    return ((ack - fin_out) & 0xFFFFFFFF) < 0x80000000
+
+
+class Kernel:
+    """One emulated host. Build it with ``Kernel.from_scenario``."""
+
+    def __init__(self, scenario: Scenario, seed: int = 0):
+        self.scenario = scenario
+        self.seed = seed
+        self.rng = random.Random(seed)
+        sc = scenario
+        self.port_low, self.port_high = sc.port_range()
+        self.reserved = sc.reserved_ports()
+        self.unpriv = int(sc.sysctl["net.ipv4.ip_unprivileged_port_start"])
+        self.bindv6only = bool(sc.sysctl["net.ipv6.bindv6only"])
+        self.somaxconn = int(sc.sysctl["net.core.somaxconn"])
+        self.nonlocal4 = bool(sc.sysctl["net.ipv4.ip_nonlocal_bind"])
+        self.nonlocal6 = bool(sc.sysctl["net.ipv6.ip_nonlocal_bind"])
+        self.local4: set[bytes] = set()
+        self.local6: set[bytes] = {LOOPBACK6}
+        for a in sc.host.addresses:
+            b = pack(a)
+            (self.local4 if len(b) == 4 else self.local6).add(b)
+        self.procs = [ProcState(p, i) for i, p in enumerate(sc.processes)]
+        self.owners: dict[tuple[str, int], list[Sock]] = {}      # bind buckets, head first
+        self.listeners: dict[int, list[Sock]] = {}               # TCP lhash2 chains per port
+        self.udp: dict[int, list[Sock]] = {}                     # UDP hslot2 chains per port
+        self.est: dict[tuple, Conn] = {}                         # the established hash
+        self.udp_implicit: dict[tuple[bytes, int], Sock] = {}    # unknown local UDP senders
+        self.perturb: dict[tuple, int] = {}                      # __inet_hash_connect table_perturb
+        self.outcomes: list[Outcome] = []
+        self.socks: list[Sock] = []
+        self._serial = 0
+        self._by_index: dict[tuple[int, int], Sock] = {}
+        self.events: list[tuple[float, int, str, int, int]] = []
+        self.clients: list[Sock] = []                            # scenario connect()ed sockets
+
+    # ---- scenario timeline ---------------------------------------------------------
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, seed: int = 0) -> "Kernel":
+        """A kernel with every socket call that happens before the capture applied."""
+        k = cls(scenario, seed)
+        order = 0
+        for pi, p in enumerate(scenario.processes):
+            for si, s in enumerate(p.sockets):
+                k.events.append((-1.0 if s.at is None else s.at, order, "open", pi, si))
+                order += 1
+                if s.close_at is not None:
+                    k.events.append((s.close_at, order, "close", pi, si))
+                    order += 1
+        k.events.sort()
+        k.advance(-0.5)
+        return k
+
+    def advance(self, rel: float) -> None:
+        """Apply the scenario's calls due by ``rel`` seconds after the first packet."""
+        while self.events and self.events[0][0] <= rel:
+            t, _, what, pi, si = self.events.pop(0)
+            if what == "open":
+                self._open(pi, si, None if t < 0 else t)
+            else:
+                sk = self._by_index.get((pi, si))
+                if sk is not None and sk.state != "CLOSE":
+                    self.close(sk)
+
+    def apply_all(self) -> None:
+        self.advance(float("inf"))
+
+    def is_local(self, addr: bytes) -> bool:
+        if len(addr) == 4:
+            return addr[0] == 127 or addr in self.local4
+        if is_v4mapped(addr):
+            return self.is_local(addr[12:])
+        return addr in self.local6
+
+    # ---- socket calls --------------------------------------------------------------
+
+    def _new_sock(self, proc, index, proto, family) -> Sock:
+        self._serial += 1
+        sk = Sock(self._serial, proc, index, proto, family)
+        self.socks.append(sk)
+        return sk
+
+    def _open(self, pi: int, si: int, at: float | None) -> Outcome:
+        proc = self.procs[pi]
+        spec: SocketSpec = proc.spec.sockets[si]
+        sk = self._new_sock(proc, (pi, si), spec.proto, spec.family)
+        sk.spec = spec
+        sk.uid = proc.uid
+        sk.reuseaddr, sk.reuseport, sk.accept = spec.reuseaddr, spec.reuseport, spec.accept
+        sk.device = spec.device
+        if sk.family == 6:
+            sk.v6only = self.bindv6only if spec.v6only is None else spec.v6only
+        sk.fd = proc.alloc_fd(spec.fd)
+        call, result, why = "bind", "ok", ""
+        if spec.device and self.scenario.host.interfaces and spec.device not in self.scenario.host.interfaces:
+            result, why = "ENODEV", f"SO_BINDTODEVICE: no interface {spec.device!r} on this host"
+        if result == "ok" and spec.bind is not None:
+            result, why = self.bind(sk, pack(spec.bind.addr), spec.bind.port)
+        if result == "ok" and spec.listen:
+            call = "listen"
+            result, why = self.listen(sk, spec.backlog)
+        if result == "ok" and spec.connect is not None:
+            call = "connect"
+            result, why = self.connect(sk, pack(spec.connect.addr), spec.connect.port)
+        if result == "ok":
+            self._by_index[(pi, si)] = sk
+            if spec.connect is not None:
+                self.clients.append(sk)
+            local = sk.local()
+        else:
+            local = str(spec.bind) if spec.bind is not None else sk.local()
+            self._forget(sk)
+            proc.free_fd(sk.fd)
+        out = Outcome(proc_index=pi, sock_index=si, process=proc.name, pid=proc.pid, fd=sk.fd,
+                      proto=spec.proto, call=call, local=local,
+                      remote=str(spec.connect) if spec.connect is not None else None,
+                      result=result, why=why, at=at)
+        self.outcomes.append(out)
+        return out
+
+    def _local_ok(self, addr: bytes, family: int) -> bool:
+        if family == 4:
+            # inet_addr_valid_or_nonlocal: local, wildcard, broadcast or multicast.
+            return (addr == ANY4 or self.is_local(addr) or addr == b"\xff" * 4
+                    or 224 <= addr[0] <= 239 or self.nonlocal4)
+        return addr == ANY6 or self.is_local(addr) or addr[0] == 0xFF or self.nonlocal6
+
+    def bind(self, sk: Sock, addr: bytes, port: int) -> tuple[str, str]:
+        """bind(): net/ipv4/af_inet.c ``__inet_bind`` / net/ipv6/af_inet6.c ``__inet6_bind``,
+        then ``inet_csk_get_port`` (TCP) or ``udp_lib_get_port`` (UDP)."""
+        needs_cap = 0 < port < self.unpriv and sk.uid != 0
+        eacces = (f"port {port} is below net.ipv4.ip_unprivileged_port_start ({self.unpriv}) "
+                  f"and uid {sk.uid} lacks CAP_NET_BIND_SERVICE")
+        if sk.family == 6:
+            if needs_cap:                      # __inet6_bind checks the port first
+                return "EACCES", eacces
+            if is_v4mapped(addr):
+                if sk.v6only:
+                    return "EINVAL", "a v4-mapped address on an IPV6_V6ONLY socket"
+                if not self._local_ok(addr[12:], 4):
+                    return "EADDRNOTAVAIL", f"{endpoint(addr, port)[1:].split(']')[0]} is not a local address"
+                sk.rcv4 = addr[12:]
+            elif addr == ANY6:
+                sk.rcv4 = ANY4
+            else:
+                if not self._local_ok(addr, 6):
+                    return "EADDRNOTAVAIL", f"{endpoint(addr, port)[1:].split(']')[0]} is not a local address"
+                sk.v6only = True               # a specific IPv6 address sets ipv6only
+                sk.rcv4 = None
+        else:
+            if not self._local_ok(addr, 4):    # __inet_bind checks the address first
+                return "EADDRNOTAVAIL", f"{endpoint(addr, port).rsplit(':', 1)[0]} is not a local address"
+            if needs_cap:
+                return "EACCES", eacces
+            sk.rcv4 = addr
+        sk.addr = addr
+        return self._get_port(sk, port)
+
+    def _owners(self, proto: str, port: int) -> list[Sock]:
+        return self.owners.setdefault((proto, port), [])
+
+    def _conflict(self, sk: Sock, port: int, searching: bool) -> Sock | None:
+        owners = self.owners.get((sk.proto, port), ())
+        if sk.proto == "tcp":
+            return bindrules.tcp_bind_conflict(sk, owners, relax=not searching, reuseport_ok=not searching)
+        return bindrules.udp_port_inuse(sk, owners, searching=searching)
+
+    def _get_port(self, sk: Sock, port: int) -> tuple[str, str]:
+        if port == 0:
+            if sk.proto == "tcp":
+                cands = bindrules.bind_port_candidates(self.port_low, self.port_high, self.reserved,
+                                                       self.rng, sk.reuseaddr)
+            else:
+                cands = bindrules.udp_port_candidates(self.port_low, self.port_high, self.reserved, self.rng)
+            chosen = bindrules.first_free(cands, lambda p: self._conflict(sk, p, True) is not None)
+            if chosen is None:
+                return "EADDRINUSE", (f"no free port left in ip_local_port_range "
+                                      f"{self.port_low}-{self.port_high}")
+            sk.port = chosen
+            why = f"port {chosen} chosen from ip_local_port_range {self.port_low}-{self.port_high}"
+        else:
+            sk.port = port
+            other = self._conflict(sk, port, False)
+            if other is not None:
+                reason = bindrules.conflict_reason(sk, other)
+                sk.port = 0
+                return "EADDRINUSE", reason
+            holders = [o for o in self.owners.get((sk.proto, port), ()) if o.state != "CLOSE"]
+            why = (f"no other socket holds {sk.proto} port {port}" if not holders else
+                   f"shares {sk.proto} port {port} with {len(holders)} socket(s): "
+                   + self._share_reason(sk, holders[0]))
+        self._owners(sk.proto, sk.port).insert(0, sk)
+        if sk.proto == "udp":
+            self._udp_hash(sk)
+        return "ok", why
+
+    @staticmethod
+    def _share_reason(sk: Sock, other: Sock) -> str:
+        if not rcv_saddr_equal(sk, other, True):
+            return "the addresses do not overlap"
+        if sk.reuseport and other.reuseport:
+            return "both set SO_REUSEPORT with the same uid"
+        if sk.reuseaddr and other.reuseaddr:
+            return "both set SO_REUSEADDR"
+        return "their bound devices differ"
+
+    def _udp_hash(self, sk: Sock, head_only: bool = False) -> None:
+        chain = self.udp.setdefault(sk.port, [])
+        if sk in chain:
+            chain.remove(sk)
+        # udp_lib_get_port: AF_INET6 SO_REUSEPORT sockets go to the tail, others to the head.
+        if sk.family == 6 and sk.reuseport and not head_only:
+            chain.append(sk)
+        else:
+            chain.insert(0, sk)
+        if sk.reuseport and sk.group is None:
+            self._join_group(sk, chain)
+
+    def _join_group(self, sk: Sock, chain: list[Sock]) -> None:
+        """``inet_reuseport_add_sock`` / ``udp_reuseport_add_sock``: join a group of the same
+        family, v6only, device, uid and exact address on this port, else start one."""
+        for sk2 in chain:
+            if (sk2 is not sk and sk2.group is not None and sk2.family == sk.family
+                    and sk2.v6only == sk.v6only and sk2.device == sk.device and sk2.reuseport
+                    and sk2.uid == sk.uid and rcv_saddr_equal(sk, sk2, False)):
+                sk.group = sk2.group
+                sk.group.add(sk)
+                return
+        sk.group = lk.ReuseportGroup(sk)
+
+    def listen(self, sk: Sock, backlog: int = 4096) -> tuple[str, str]:
+        """listen(): net/ipv4/inet_connection_sock.c ``inet_csk_listen_start`` re-runs
+        ``inet_csk_get_port`` with the socket now in LISTEN, so it can fail too."""
+        if sk.port == 0:
+            result, why = self._get_port(sk, 0)
+            if result != "ok":
+                return result, why
+        sk.state = "LISTEN"
+        sk.describe_cache = None
+        other = bindrules.tcp_bind_conflict(sk, self.owners.get(("tcp", sk.port), ()), True, True)
+        if other is not None:
+            sk.state = "UNCONN"
+            return "EADDRINUSE", bindrules.conflict_reason(sk, other)
+        # sk_max_ack_backlog = min(backlog, net.core.somaxconn)
+        sk.backlog = min(backlog if backlog >= 0 else self.somaxconn, self.somaxconn)
+        chain = self.listeners.setdefault(sk.port, [])
+        # __inet_hash: AF_INET6 SO_REUSEPORT listeners go to the tail, others to the head.
+        if sk.family == 6 and sk.reuseport:
+            chain.append(sk)
+        else:
+            chain.insert(0, sk)
+        if sk.reuseport:
+            self._join_group(sk, chain)
+        return "ok", f"listening on {sk.local()} with backlog {sk.backlog}"
+
+    def source_address(self, raddr: bytes, family: int) -> bytes | None:
+        """The source address a route to ``raddr`` gives (ip_route_connect): the address
+        itself when local, 127.0.0.1/::1 for loopback, else the host's first address."""
+        if family == 6 and is_v4mapped(raddr):
+            src4 = self.source_address(raddr[12:], 4)
+            return None if src4 is None else b"\x00" * 10 + b"\xff\xff" + src4
+        if self.is_local(raddr):
+            return b"\x7f\x00\x00\x01" if family == 4 and raddr[0] == 127 else raddr
+        pool = [pack(a) for a in self.scenario.host.addresses]
+        pool = [a for a in pool if len(a) == (4 if family == 4 else 16)]
+        return pool[0] if pool else None
+
+    def connect(self, sk: Sock, raddr: bytes, rport: int) -> tuple[str, str]:
+        """connect(): TCP ``__inet_hash_connect`` picks a port making the 4-tuple unique;
+        UDP ``ip4_datagram_connect`` sets the peer and a source address (and rehashes)."""
+        src = sk.addr if not sk.wildcard else self.source_address(raddr, sk.family)
+        if src is None:
+            return "ENETUNREACH", f"no route to {endpoint(raddr, rport)}: the host has no address of that family"
+        if sk.proto == "udp":
+            if sk.port == 0:
+                result, why = self._get_port(sk, 0)
+                if result != "ok":
+                    return "EAGAIN", why
+            if sk.wildcard:
+                sk.addr = src
+                sk.rcv4 = src if sk.family == 4 else (src[12:] if is_v4mapped(src) else None)
+                self._udp_hash(sk, head_only=True)      # udp_lib_rehash moves it to the head
+            sk.raddr, sk.rport, sk.state = raddr, rport, "ESTAB"
+            sk.describe_cache = None
+            if sk.group is not None:
+                sk.group.has_conns = True
+            return "ok", f"connected to {endpoint(raddr, rport)} from {sk.local()}"
+        # TCP
+        if self.is_local(raddr):
+            hit, _ = lk.tcp_listener(self.listeners.get(rport, []), 4 if len(raddr) == 4 else 6,
+                                     src, 0, raddr, rport, None, self.seed, None)
+            if hit is None:
+                return "ECONNREFUSED", f"no listener on {endpoint(raddr, rport)}: the kernel answers RST"
+        if sk.port == 0:
+            dest = (src, raddr, rport)
+            offset = zlib.crc32(src + raddr + rport.to_bytes(2, "big"), self.seed) + self.perturb.get(dest, 0)
+            for i, port in bindrules.connect_port_candidates(self.port_low, self.port_high, self.reserved, offset):
+                holders = self.owners.get(("tcp", port), ())
+                if any(not o.by_connect for o in holders):
+                    continue          # a port bind() took is never shared by connect()
+                if (src, port, raddr, rport) in self.est:
+                    continue          # the 4-tuple must be unique (TIME-WAIT included)
+                self.perturb[dest] = self.perturb.get(dest, 0) + i + 2
+                sk.port, sk.by_connect = port, True
+                self._owners("tcp", port).insert(0, sk)
+                break
+            else:
+                return "EADDRNOTAVAIL", (f"no port of ip_local_port_range {self.port_low}-{self.port_high} "
+                                         f"gives a unique 4-tuple towards {endpoint(raddr, rport)}")
+        elif (src, sk.port, raddr, rport) in self.est:
+            return "EADDRNOTAVAIL", f"4-tuple {endpoint(src, sk.port)} -> {endpoint(raddr, rport)} is in use"
+        sk.addr = src
+        sk.rcv4 = src if sk.family == 4 else (src[12:] if is_v4mapped(src) else None)
+        sk.raddr, sk.rport, sk.state = raddr, rport, "ESTAB"
+        sk.describe_cache = None
+        key = (src, sk.port, raddr, rport)
+        c = Conn(key, sk.family, ts.ESTAB, sk.proc, sk.fd, "connection of " + sk.owner(), sock=sk)
+        self.est[key] = c
+        return "ok", f"connected to {endpoint(raddr, rport)} from {sk.local()}"
+
+    def _forget(self, sk: Sock) -> None:
+        for table in (self.owners.get((sk.proto, sk.port)), self.listeners.get(sk.port) if sk.proto == "tcp" else None,
+                      self.udp.get(sk.port) if sk.proto == "udp" else None):
+            if table is not None and sk in table:
+                table.remove(sk)
+        if sk.group is not None:
+            sk.group.detach(sk)
+            sk.group = None
+        if sk in self.clients:
+            self.clients.remove(sk)
+
+    def close(self, sk: Sock) -> None:
+        """close(): a listener's pending and unaccepted connections go with it
+        (``inet_csk_listen_stop``); accepted connections live on."""
+        self._forget(sk)
+        if sk.state == "LISTEN":
+            for key, c in list(self.est.items()):
+                if c.listener is sk and (c.state == ts.SYN_RECV or c.queued):
+                    del self.est[key]
+        if sk.proc is not None:
+            sk.proc.free_fd(sk.fd)
+        sk.state = "CLOSE"
+        sk.describe_cache = None
+
+    # ---- the lookup, as a question (tests, explain) --------------------------------
+
+    def lookup(self, proto: str, src: str, sport: int, dst: str, dport: int,
+               ifname: str | None = None) -> Lookup:
+        """Which socket(s) would receive a SYN / datagram from src:sport to dst:dport."""
+        s, d = pack(src), pack(dst)
+        family = 4 if len(d) == 4 else 6
+        steps: list[str] = []
+        if proto == "tcp":
+            c = self.est.get((d, dport, s, sport))
+            if c is not None:
+                steps.append(f"established hash: {c.describe()}")
+                return Lookup([c.sock or c.listener], None, steps)
+            steps.append("established hash: no entry for this 4-tuple")
+            sk, _ = lk.tcp_listener(self.listeners.get(dport, []), family, s, sport, d, dport, ifname, self.seed, steps)
+            return Lookup([sk] if sk else [], None if sk else "rst", steps)
+        if self._is_mcast(d, False):
+            socks = lk.udp_multicast(self.udp.get(dport, []), family, s, sport, d, ifname, steps)
+            return Lookup(socks, None, steps)
+        sk, _ = lk.udp_unicast(self.udp.get(dport, []), family, s, sport, d, dport, ifname, self.seed, steps)
+        return Lookup([sk] if sk else [], None if sk else "icmp-port-unreachable", steps)
+
+    def _is_mcast(self, d: bytes, link_bcast: bool) -> bool:
+        if len(d) == 4:
+            return d == b"\xff\xff\xff\xff" or 224 <= d[0] <= 239 or (link_bcast and d not in self.local4)
+        return d[0] == 0xFF
+
+    # ---- packets ---------------------------------------------------------------------
+
+    def ephemeral_note(self, port: int) -> str:
+        cat = "well-known" if port < 1024 else "registered" if port < 49152 else "dynamic"
+        inside = "in" if self.port_low <= port <= self.port_high else "outside"
+        return f"port {port} ({cat}, {inside} the ephemeral range {self.port_low}-{self.port_high})"
+
+    def input(self, p, now: float, steps: list | None = None) -> Verdict:
+        """A packet whose destination is local."""
+        if p.proto == 6:
+            return self._tcp_in(p, now, steps)
+        return self._udp_in(p, now, steps)
+
+    def output(self, p, now: float, steps: list | None = None) -> Verdict:
+        """A packet the host sent."""
+        if p.proto == 6:
+            return self._tcp_out(p, now, steps)
+        return self._udp_out(p, now, steps)
+
+    # TCP ------------------------------------------------------------------------------
+
+    def _listener(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
+        family = 4 if len(local) == 4 else 6
+        return lk.tcp_listener(self.listeners.get(lport, ()), family, remote, rport, local, lport,
+                               p.ifname, self.seed, steps)
+
+    @staticmethod
+    def _listener_reason(l: Sock, exact: bool, local: bytes, lport: int) -> str:
+        if exact:
+            r = f"listener {l.local()} (exact address)"
+        else:
+            r = f"listener {l.local()} (wildcard; no listener on {endpoint(local, lport)})"
+        if l.group is not None and len(l.group.socks) > 1:
+            r += f"; SO_REUSEPORT member {l.group.socks.index(l) + 1} of {len(l.group.socks)} by flow hash"
+        return r
+
+    def _drop_conn(self, c: Conn) -> None:
+        self.est.pop(c.key, None)
+        if c.queued and c.listener is not None:
+            c.listener.queued -= 1
+            c.queued = False
+
+    def _tcp_in(self, p, now, steps) -> Verdict:
+        key = (p.dst, p.dport, p.src, p.sport)
+        flags = p.flags
+        c = self.est.get(key)
+        if c is not None and c.expire and now >= c.expire:
+            if steps is not None:
+                steps.append(f"established hash: {c.describe()} expired at {c.expire:.6f}")
+            self._drop_conn(c)
+            c = None
+        prefix = ""
+        if c is not None:
+            if steps is not None:
+                steps.append(f"established hash: exact 4-tuple hit: {c.describe()}")
+            if c.state != ts.TIME_WAIT:
+                return self._conn_in(c, p, now, steps)
+            # tcp_timewait_state_process
+            if flags & SYN and not flags & (ACK | RST) and (
+                    _seq_after(p.seq, c.rcv_nxt) or (p.tsval is not None and c.tsval is not None
+                                                     and _seq_after(p.tsval, c.tsval))):
+                self._drop_conn(c)
+                prefix = "new SYN reopens the TIME-WAIT 4-tuple; "
+                if steps is not None:
+                    steps.append("TIME-WAIT: SYN with a higher sequence number: TCP_TW_SYN, "
+                                 "the lookup goes on to the listeners")
+            elif flags & RST:
+                self._drop_conn(c)
+                return Verdict("drop", "RST ends the TIME-WAIT socket (net.ipv4.tcp_rfc1337=0)",
+                               socket=c.describe(), state=ts.CLOSE)
+            else:
+                return Verdict("drop", f"segment for TIME-WAIT {c.describe()[4:]}: answered with an ACK "
+                                       "and dropped (tcp_timewait_state_process)",
+                               socket=c.describe(), state=ts.TIME_WAIT, reply="ack")
+        elif steps is not None:
+            steps.append("established hash: no entry for this 4-tuple")
+        if flags & SYN and not flags & (ACK | RST):
+            l, exact = self._listener(p, p.dst, p.dport, p.src, p.sport, steps)
+            if l is None:
+                return Verdict("reject", prefix + f"no socket listens on tcp {endpoint(p.dst, p.dport)}: "
+                               "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+            reason = prefix + self._listener_reason(l, exact, p.dst, p.dport)
+            # tcp_conn_request: a full accept queue drops the SYN (LISTEN_OVERFLOWS).
+            if l.queued > l.backlog:
+                return Verdict("drop", f"accept queue of {l.local()} full ({l.queued} waiting, backlog "
+                               f"{l.backlog}): SYN dropped (ListenOverflows)", proc=l.proc, fd=l.fd,
+                               socket=l.describe(), state=ts.LISTEN)
+            c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
+            c.expire = now + ts.SYN_RECV_SECONDS
+            c.rcv_nxt = (p.seq + 1 + p.payload_len) & 0xFFFFFFFF
+            c.tsval = p.tsval
+            self.est[key] = c
+            return Verdict("deliver", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
+        if flags & RST:
+            l, _ = self._listener(p, p.dst, p.dport, p.src, p.sport, steps)
+            if l is not None:
+                return Verdict("drop", f"RST without a connection: listener {l.local()} ignores it",
+                               l.proc, l.fd, l.describe(), ts.LISTEN)
+            return Verdict("reject", f"RST to tcp {endpoint(p.dst, p.dport)} with no socket: "
+                           "nothing is sent back to a RST")
+        # A segment of a connection whose start is not in the capture.
+        return self._midstream(p, p.dst, p.dport, p.src, p.sport, now, "in", steps)
+
+    def _claim_client(self, proto, local, lport, remote, rport) -> Sock | None:
+        """A scenario socket connect()ed to ``remote:rport`` whose own port was the
+        emulator's guess: the capture shows the real one, so adopt it."""
+        for sk in self.clients:
+            if (sk.proto == proto and not sk.claimed and sk.raddr is not None
+                    and sk.rport == rport and (sk.raddr == remote or sk.raddr[12:] == remote)
+                    and (sk.port == lport or sk.spec is None or sk.spec.bind is None or sk.spec.bind.port == 0)):
+                sk.claimed = True
+                if sk.port != lport or sk.addr != local:
+                    if proto == "tcp":
+                        old = (sk.addr, sk.port, sk.raddr, sk.rport)
+                        self.est.pop(old, None)
+                    self._rebind(sk, local, lport)
+                return sk
+        return None
+
+    def _rebind(self, sk: Sock, addr: bytes, port: int) -> None:
+        for table in (self.owners.get((sk.proto, sk.port)), self.udp.get(sk.port) if sk.proto == "udp" else None):
+            if table is not None and sk in table:
+                table.remove(sk)
+        if sk.family == 6 and len(addr) == 4:
+            addr = b"\x00" * 10 + b"\xff\xff" + addr
+        sk.addr, sk.port = addr, port
+        sk.rcv4 = addr if len(addr) == 4 else (addr[12:] if is_v4mapped(addr) else None)
+        sk.describe_cache = None
+        self._owners(sk.proto, port).insert(0, sk)
+        if sk.proto == "udp":
+            self._udp_hash(sk, head_only=True)
+
+    def _midstream(self, p, local, lport, remote, rport, now, direction, steps) -> Verdict:
+        key = (local, lport, remote, rport)
+        sk = self._claim_client("tcp", local, lport, remote, rport)
+        if sk is not None:
+            c = Conn(key, p.family, ts.ESTAB, sk.proc, sk.fd,
+                     f"connection of {sk.owner()} (assumed established: its handshake is not in the capture)",
+                     sock=sk)
+        else:
+            l, exact = self._listener(p, local, lport, remote, rport, steps)
+            if l is not None:
+                c = Conn(key, p.family, ts.ESTAB, l.proc, None,
+                         f"assumed established (handshake before the capture); accepted from "
+                         + self._listener_reason(l, exact, local, lport), listener=l)
+                self._accept(c, l)
+            elif self.port_low <= lport <= self.port_high and not self.owners.get(("tcp", lport)):
+                c = Conn(key, p.family, ts.ESTAB, None, None,
+                         f"unknown local client: {self.ephemeral_note(lport)}; assumed established "
+                         "(its SYN is not in the capture)")
+            elif direction == "in":
+                return Verdict("reject", f"no connection and no listener for tcp {endpoint(local, lport)}: "
+                               "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+            else:
+                c = Conn(key, p.family, ts.ESTAB, None, None,
+                         f"unknown local socket on {self.ephemeral_note(lport)}; assumed established")
+        if steps is not None:
+            steps.append(c.reason)
+        self.est[key] = c
+        return self._conn_in(c, p, now, steps) if direction == "in" else self._conn_out(c, p, now, steps)
+
+    def _accept(self, c: Conn, l: Sock) -> None:
+        """The completed connection joins the accept queue; a process that calls accept()
+        takes it at once and gets the lowest free descriptor."""
+        if l.accept and l.proc is not None and l.state == "LISTEN":
+            c.fd = l.proc.alloc_fd()
+        else:
+            c.queued = True
+            l.queued += 1
+
+    @staticmethod
+    def _event(flags: int, ack: int, c: Conn) -> str:
+        if flags & RST:
+            return ts.RST
+        if flags & SYN:
+            return ts.SYNACK if flags & ACK else ts.SYN
+        acks_fin = bool(flags & ACK) and c.fin_out is not None and _ack_covers(ack, c.fin_out)
+        if flags & FIN:
+            return ts.FIN_ACK_FIN if acks_fin else ts.FIN
+        return ts.ACK_FIN if acks_fin else ts.ACK
+
+    def _conn_in(self, c: Conn, p, now, steps) -> Verdict:
+        flags = p.flags
+        ev = self._event(flags, p.ack, c)
+        end = (p.seq + p.payload_len + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
+        if c.state == ts.SYN_RECV:
+            l = c.listener
+            if ev == ts.SYN:
+                return Verdict("deliver", "retransmitted SYN: the pending request socket answers again; "
+                               + c.reason, c.proc, c.fd, l.describe() if l else c.describe(), ts.SYN_RECV)
+            if ev == ts.RST:
+                self._drop_conn(c)
+                return Verdict("deliver", "RST aborts the half-open connection", c.proc, c.fd,
+                               l.describe() if l else c.describe(), ts.CLOSE)
+            if ev == ts.SYNACK:
+                return Verdict("drop", "SYN-ACK for a request socket: dropped", c.proc, c.fd,
+                               c.describe(), ts.SYN_RECV)
+            # tcp_check_req -> tcp_v4_syn_recv_sock: a full accept queue drops the final ACK.
+            if l is not None and c.sock is None and l.queued > l.backlog:
+                return Verdict("drop", f"accept queue of {l.local()} full ({l.queued} waiting, backlog "
+                               f"{l.backlog}): final ACK dropped, the connection stays half-open "
+                               "(tcp_abort_on_overflow=0)", c.proc, l.fd, l.describe(), ts.SYN_RECV)
+            c.expire = 0.0
+            if l is not None and c.sock is None:
+                c.fd = None
+                self._accept(c, l)
+        new = ts.next_state(c.state, "in", ev)
+        if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
+            c.rcv_nxt = end
+        if p.tsval is not None:
+            c.tsval = p.tsval
+        return self._settle(c, new, now, "deliver")
+
+    def _settle(self, c: Conn, new: str, now: float, verdict: str) -> Verdict:
+        if new != c.state:
+            c.state = new
+            c.desc = None
+        fd, proc = c.fd, c.proc
+        if new == ts.TIME_WAIT:
+            c.expire = now + ts.TIME_WAIT_SECONDS
+            self._release(c)
+        elif new == ts.CLOSE:
+            self._release(c)
+            self._drop_conn(c)
+        v = Verdict(verdict, c.reason, proc, fd, c.describe(), new)
+        return v
+
+    def _release(self, c: Conn) -> None:
+        # The application closed its descriptor (FIN or RST went out, or the peer reset).
+        if c.proc is not None and c.fd is not None and c.sock is None:
+            c.proc.free_fd(c.fd)
+            c.fd = None
+        if c.sock is not None and c.sock.state != "CLOSE":
+            self._forget(c.sock)
+            if c.sock.proc is not None:
+                c.sock.proc.free_fd(c.sock.fd)
+            c.sock.state = "CLOSE"
+        if c.queued and c.listener is not None:
+            c.listener.queued -= 1
+            c.queued = False
+
+    def _tcp_out(self, p, now, steps) -> Verdict:
+        key = (p.src, p.sport, p.dst, p.dport)
+        flags = p.flags
+        c = self.est.get(key)
+        if c is not None and c.expire and now >= c.expire:
+            self._drop_conn(c)
+            c = None
+        if c is not None and c.state == ts.TIME_WAIT:
+            if flags & SYN and not flags & ACK:
+                self._drop_conn(c)      # connect() reusing a TIME-WAIT 4-tuple
+                c = None
+            else:
+                return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
+                               socket=c.describe(), state=ts.TIME_WAIT)
+        if c is not None:
+            return self._conn_out(c, p, now, steps)
+        if flags & RST:
+            return Verdict("outbound", "the kernel's RST: no socket took the segment it answers")
+        if flags & SYN and not flags & ACK:
+            sk = self._claim_client("tcp", p.src, p.sport, p.dst, p.dport)
+            if sk is not None:
+                c = Conn(key, p.family, ts.SYN_SENT, sk.proc, sk.fd, "connect() of " + sk.owner(), sock=sk)
+            else:
+                c = Conn(key, p.family, ts.SYN_SENT, None, None,
+                         f"unknown local client: {self.ephemeral_note(p.sport)}")
+            self.est[key] = c
+            c.fin_out = None
+            return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), ts.SYN_SENT)
+        if flags & SYN and flags & ACK:
+            l, exact = self._listener(p, p.src, p.sport, p.dst, p.dport, steps)
+            if l is not None:
+                reason = ("SYN-ACK of a request socket whose SYN is not in the capture; "
+                          + self._listener_reason(l, exact, p.src, p.sport))
+                c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
+                c.expire = now + ts.SYN_RECV_SECONDS
+                c.rcv_nxt = p.ack
+                self.est[key] = c
+                return Verdict("outbound", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
+        return self._midstream(p, p.src, p.sport, p.dst, p.dport, now, "out", steps)
+
+    def _conn_out(self, c: Conn, p, now, steps) -> Verdict:
+        flags = p.flags
+        if c.state == ts.SYN_RECV and flags & SYN:
+            l = c.listener
+            return Verdict("outbound", "SYN-ACK from the request socket; " + c.reason, c.proc, c.fd,
+                           l.describe() if l else c.describe(), ts.SYN_RECV)
+        ev = self._event(flags, 0, c)
+        if flags & FIN and c.fin_out is None:
+            c.fin_out = (p.seq + p.payload_len + 1) & 0xFFFFFFFF
+        new = ts.next_state(c.state, "out", ev)
+        v = self._settle(c, new, now, "outbound")
+        if flags & FIN and c.fd is not None and c.sock is None and c.proc is not None:
+            # The application called close(): its descriptor is free for the next accept().
+            c.proc.free_fd(c.fd)
+            c.fd = None
+        return v
+
+    # UDP ------------------------------------------------------------------------------
+
+    def _udp_in(self, p, now, steps) -> Verdict:
+        family = p.family
+        chain = self.udp.get(p.dport, ())
+        if self._is_mcast(p.dst, p.link_bcast):
+            socks = lk.udp_multicast(chain, family, p.src, p.sport, p.dst, p.ifname, steps)
+            if not socks:
+                return Verdict("reject", f"no socket on udp port {p.dport} for this broadcast/multicast: "
+                               "dropped without ICMP")
+            first = socks[0]
+            return Verdict("deliver", f"broadcast/multicast: a copy to each of {len(socks)} socket(s): "
+                           + ", ".join(s.owner() for s in socks), first.proc, first.fd, first.describe(),
+                           first.state, copies=[(s.proc, s.fd) for s in socks])
+        sk, exact = lk.udp_unicast(chain, family, p.src, p.sport, p.dst, p.dport, p.ifname, self.seed, steps)
+        if sk is None:
+            sk = self._claim_client("udp", p.dst, p.dport, p.src, p.sport) or \
+                self.udp_implicit.get((p.dst, p.dport))
+            if sk is None:
+                return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}: the kernel answers "
+                               "ICMP port unreachable", reply="icmp-port-unreachable")
+            exact = True
+        return Verdict("deliver", self._udp_reason(sk, exact, p.dst, p.dport), sk.proc, sk.fd,
+                       sk.describe(), sk.state)
+
+    def _udp_reason(self, sk: Sock, exact: bool, local: bytes, lport: int) -> str:
+        if sk.proc is None:
+            return f"unknown local UDP socket that sent from {self.ephemeral_note(lport)}"
+        if sk.raddr is not None:
+            r = f"connected socket {sk.local()} -> {endpoint(sk.raddr, sk.rport)} (peer matches)"
+        elif exact:
+            r = f"socket {sk.local()} (exact address)"
+        else:
+            r = f"socket {sk.local()} (wildcard; no socket on {endpoint(local, lport)})"
+        if sk.group is not None and len(sk.group.socks) > 1:
+            r += f"; SO_REUSEPORT member {sk.group.socks.index(sk) + 1} of {len(sk.group.socks)} by flow hash"
+        return r
+
+    def _udp_out(self, p, now, steps) -> Verdict:
+        family = p.family
+        sk, exact = lk.udp_unicast(self.udp.get(p.sport, ()), family, p.dst, p.dport, p.src, p.sport,
+                                   p.ifname, self.seed, steps)
+        if sk is None:
+            sk = self._claim_client("udp", p.src, p.sport, p.dst, p.dport) or \
+                self.udp_implicit.get((p.src, p.sport))
+        if sk is None:
+            sk = self._new_sock(None, None, "udp", family)
+            sk.addr, sk.port = p.src, p.sport
+            self.udp_implicit[(p.src, p.sport)] = sk
+        return Verdict("outbound", ("sent by " + self._udp_reason(sk, exact, p.src, p.sport)) if sk.proc
+                       else f"unknown local client: {self.ephemeral_note(p.sport)}",
+                       sk.proc, sk.fd, sk.describe() if sk.proc else None, sk.state if sk.proc else "UNCONN")
+
+    # ---- the table, for ss ----------------------------------------------------------
+
+    def rows(self):
+        """Every socket and connection: (proto, state, local, peer, proc, fd, sock_or_conn)."""
+        for sk in self.socks:
+            if sk.state == "CLOSE" or sk.proc is None or (sk.proto == "tcp" and sk.state == "ESTAB"):
+                continue
+            if sk.port == 0 and sk.state == "UNCONN" and sk.proto == "tcp":
+                continue
+            peer = endpoint(sk.raddr, sk.rport) if sk.raddr is not None else None
+            yield sk.proto, sk.state, sk.addr, sk.port, peer, sk.proc, sk.fd, sk
+        for c in self.est.values():
+            laddr, lport, raddr, rport = c.key
+            yield "tcp", c.state, laddr, lport, endpoint(raddr, rport), c.proc if c.fd is not None or c.state == ts.SYN_RECV else None, c.fd, c
