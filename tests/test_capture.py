@@ -632,3 +632,34 @@ def test_pcapng_cut_inside_a_non_packet_block(tmp_path):
     assert len(frames) == 1 and r.truncated_at == len(head)
     assert r.warning.endswith(f"truncated at byte {len(head)} (name resolution block cut short); "
                               f"1 packet read")
+
+
+@pytest.mark.skipif(shutil.which("editcap") is None or shutil.which("mergecap") is None,
+                    reason="Wireshark's editcap/mergecap not installed")
+def test_files_written_by_wireshark_tools(tmp_path):
+    """editcap's pcapng (with its own options and statistics blocks), its nanosecond pcap,
+    and mergecap's two-interface pcapng all read as the original frames."""
+    src = tmp_path / "src.pcap"
+    with PcapWriter(src, 1) as w:
+        for p in packets():
+            w.write(int(p.time * 10**6) * 1000, raw(p))
+    raw_src = tmp_path / "raw.pcap"
+    with PcapWriter(raw_src, 101, nanos=True) as w:
+        w.write(T0 * 10**9 + 5, raw(packets()[0])[14:])
+    want, _ = read_all(src)
+    for fmt in ("pcapng", "nsecpcap"):
+        out = tmp_path / f"e.{fmt}"
+        subprocess.run(["editcap", "-F", fmt, str(src), str(out)], check=True, timeout=60,
+                       capture_output=True)
+        got, r = read_all(out)
+        assert r.warning is None
+        same_frames(got, want)
+    merged = tmp_path / "m.pcapng"
+    subprocess.run(["mergecap", "-F", "pcapng", "-w", str(merged), str(src), str(raw_src)],
+                   check=True, timeout=60, capture_output=True)
+    got, r = read_all(merged)
+    assert r.linktypes == {1, 101} and r.warning is None
+    # mergecap interleaves by time: the RAW packet lands 5 ns after the first one.
+    assert [f.linktype for f in got] == [1, 101, 1, 1, 1]
+    assert got[1].ts_ns == T0 * 10**9 + 5 and got[1].data == raw(packets()[0])[14:]
+    assert [f.data for f in got if f.linktype == 1] == [f.data for f in want]
