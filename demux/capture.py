@@ -294,7 +294,6 @@ class CaptureReader:
             if major != 1:
                 raise CaptureError(f"{self.name}: unsupported pcapng version {major}")
         self.format = "pcapng"
-        self.nanos = True
         gen = self._pcapng_frames(buf)
         # Read on to the first packet so an unsupported link type or a broken first
         # interface is refused by open_capture, not half-way through the output.
