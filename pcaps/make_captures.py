@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -346,10 +347,11 @@ def client_udp_sweep(op: dict, log: Log) -> None:
         sk.connect((op["host"], port))
         sk.send(b"probe")
         socks.append((port, sk))
+    t0 = time.time()
     time.sleep(op.get("wait", 0.5))
     for port, sk in socks:
         rec = {"op": "udp", "proto": "udp", "server": ep((op["host"], port)),
-               "client": ep(sk.getsockname()), "fd": sk.fileno()}
+               "client": ep(sk.getsockname()), "fd": sk.fileno(), "t0": t0}
         err = sk.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
             sk.setblocking(False)
@@ -548,6 +550,10 @@ class Lab:
         return recs
 
 
+class CaptureDropped(RuntimeError):
+    """The capture tool reported packets it did not record."""
+
+
 class Capture:
     """tcpdump (or dumpcap) in the server namespace, started and stopped with deadlines."""
 
@@ -555,13 +561,18 @@ class Capture:
                  linktype: str | None = None, extra_ifaces: tuple = ()):
         self.lab, self.path, self.tool = lab, path, tool
         if tool == "tcpdump":
-            argv = ["tcpdump", "-i", iface, "-s", "0", "-U", "-n", "-Z", "root", "-w", str(path)]
+            # --immediate-mode: without it a TPACKET_V3 block is handed over only when full or
+            # after a second, and packets still in the ring when tcpdump is stopped are lost.
+            # -B: in immediate mode each ring frame holds a whole snaplen (256 KiB with -s 0);
+            # the default 2 MiB ring then has 8 frames and drops packets in a burst.
+            argv = ["tcpdump", "-i", iface, "-s", "0", "-U", "--immediate-mode", "-B", "65536",
+                    "-n", "-Z", "root", "-w", str(path)]
             if linktype:
                 argv += ["-y", linktype]
             self.ready_text = "listening on"
         else:
             argv = ["dumpcap", "-i", iface, *sum((["-i", i] for i in extra_ifaces), []),
-                    "-s", "0", "-n", "-w", str(path)]
+                    "-B", "64", "-n", "-w", str(path)]
             self.ready_text = "Capturing on"
         self.command = " ".join(["ip netns exec <server-ns>", *argv]).replace(str(path), path.name)
         self.proc = lab.popen(lab.srv, argv, f"capture-{path.stem}")
@@ -573,14 +584,34 @@ class Capture:
         time.sleep(0.3)             # the socket is open before the message; let it settle
 
     def stop(self) -> str:
-        time.sleep(0.4)             # the last ACKs and FINs are still on their way
+        # The last ACKs and FINs are still on their way: stop once the file has stopped
+        # growing for a while (bounded).
+        deadline = time.monotonic() + 5
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.path.stat().st_size if self.path.exists() else 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since > 0.6:
+                break
+            time.sleep(0.05)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=3)
-        return self.err.read_text()
+        self.path.chmod(0o644)      # dumpcap creates it 0600
+        said = [l for l in self.err.read_text().splitlines()
+                if l.strip() and not l.startswith("Packets: ")]   # dumpcap's running count
+        # A capture with holes would teach the emulator wrong facts: refuse it (make() retries).
+        for line in said:
+            if line.endswith("packets dropped by kernel") and not line.startswith("0 "):
+                raise CaptureDropped(line)
+            counts = re.search(r"': \d+/(\d+) ", line)        # dumpcap: received/dropped
+            if line.startswith("Packets received/dropped") and counts and counts[1] != "0":
+                raise CaptureDropped(line)
+        return said
 
 
 # ---------------------------------------------------------------------------------------
@@ -790,7 +821,7 @@ def finish(name: str, outdir: Path, lab: Lab, cap: Capture, title: str, servers:
         "packet_counts": {k: v for k, v in facts.items() if k not in ("syns_by_flow", "linktype", "first_fin", "rst_from")},
         "counters": {k: delta.get(k, 0) for k in keep if k in delta},
         "ss_after_traffic": ss,
-        "capture_tool_said": [l for l in tcpdump_said.splitlines() if l.strip()],
+        "capture_tool_said": tcpdump_said,
         "notes": list(notes),
     }
     if extra:
@@ -960,27 +991,28 @@ def cap_any(lab: Lab, outdir: Path, name: str, linktype: str) -> None:
          "timeout": 1.0},
     ], ns=lab.srv)
 
-    def local_process(first: float) -> list[dict]:
-        recs = read_log(llog)
-        ready = next(r for r in recs if r["event"] == "ready")
-        socks = []
-        for r in recs:
-            if r["event"] == "client":
-                src = "127.0.0.1:40000" if r["proto"] == "tcp" else "127.0.0.1:40001"
-                socks.append({"proto": r["proto"], "bind": src, "connect": r["server"],
-                              "fd": r["fd"], "at": round(max(0.0, r["t0"] - first), 6),
-                              "close_at": round(r["t1"] - first + 0.000001, 6)})
-        return [{"name": ready["process"], "pid": ready["pid"], "uid": ready["uid"], "sockets": socks}]
-
     # The local client's `at` needs the first packet's time, known once the capture stops.
     finish(name, outdir, lab, cap, f"tcpdump -i any ({linktype}): remote and loopback TCP+UDP",
-           [echo], local_clients=local_process,
-           notes=[f"Captured with -i any: link type {linktype}. Loopback packets appear TWICE "
-                  "(once as sent, packet type OUTGOING=4, once as received, HOST=0); veth "
-                  "packets once. An emulator must not count a loopback segment twice.",
+           [echo], local_clients=lambda first: [local_client_process(llog, first)],
+           notes=[f"Captured with -i any: link type {linktype}. Loopback packets appear ONCE, "
+                  "with packet type HOST (0, 'In') even when this host sent them: the kernel "
+                  "hands the packet socket both copies and libpcap drops the outgoing one on lo "
+                  "('received by filter' counts both). veth packets are 'In' or 'Out' (4).",
                   "localcli runs on the server host: its sockets carry 'at'/'close_at' (seconds "
                   "from the first packet) because they exist only during the capture."],
            counters_before=before)
+
+
+def local_client_process(log: Path, first: float) -> dict:
+    """A client role that ran on the capturing host, as a scenario process: its sockets
+    exist only during the capture, so each gets `at`/`close_at` from the first packet."""
+    recs = read_log(log)
+    ready = next(r for r in recs if r["event"] == "ready")
+    socks = [{"proto": r["proto"], "bind": r["client"], "connect": r["server"], "fd": r["fd"],
+              "at": round(max(0.0, r["t0"] - first), 6),
+              "close_at": round(r["t1"] - first + 1e-6, 6)}
+             for r in recs if r["event"] == "client"]
+    return {"name": ready["process"], "pid": ready["pid"], "uid": ready["uid"], "sockets": socks}
 
 
 def cap_mixed(lab: Lab, outdir: Path) -> None:
@@ -1007,7 +1039,7 @@ def cap_mixed(lab: Lab, outdir: Path) -> None:
         {"op": "udp", "dst": f"{SRV4}:9054", "payload": "v4 to a v6only port", "timeout": 0.5},
     ])
     # The accept queue of 'stuck' (backlog 1) takes backlog+1 = 2 connections; the third
-    # SYN and its retransmits (1 s, then 2 s later) are dropped. The first two stay open.
+    # SYN and its retransmits (1 s apart: tcp_syn_linear_timeouts) are dropped.
     lab.client("fillq", [
         {"op": "tcp", "dst": f"{SRV4}:8082", "send": "queued 1\n", "read": False, "hold": True,
          "timeout": 2.0},
@@ -1017,6 +1049,10 @@ def cap_mixed(lab: Lab, outdir: Path) -> None:
         {"op": "close_held"},
     ], timeout=15)
     ss_stuck = lab.run(lab.srv, ["ss", "-tln", "sport", "= :8082"]).stdout
+    # One exchange on the server's own loopback, so the pcapng has packets on interface 1.
+    _p, llog = lab.client("localcli", [
+        {"op": "udp", "dst": "127.0.0.1:9053", "src": "127.0.0.1:40053", "payload": "via lo"}],
+        ns=lab.srv)
 
     def extra(facts):
         fill = [r for r in lab.logs() if r["event"] == "client" and r["server"] == f"{SRV4}:8082"]
@@ -1036,16 +1072,19 @@ def cap_mixed(lab: Lab, outdir: Path) -> None:
 
     finish("mixed-pcapng", outdir, lab, cap,
            "pcapng (dumpcap, eth0 + lo): TIME-WAIT reuse, UDP v4/v6, a full accept queue",
-           [web, stuck],
+           [web, stuck], local_clients=lambda first: [local_client_process(llog, first)],
            notes=["The second connection from 10.77.0.2:45000 arrives while the server holds the "
                   "first one in TIME-WAIT (time_wait_before_reconnect); its SYN carries a newer "
                   "timestamp, so the kernel reopens the 4-tuple and 'web10' accepts it.",
                   "'stuck' (backlog 1, never calls accept()) completed 2 handshakes "
                   "(sk_acceptq_is_full is ack_backlog > backlog); the third client's SYNs were "
-                  "dropped silently (no RST, no SYN-ACK): TcpExtListenOverflows/ListenDrops.",
+                  "dropped silently (no RST, no SYN-ACK): TcpExtListenOverflows/ListenDrops "
+                  "count every dropped SYN. The client retransmitted its SYN every 1 s, not with "
+                  "exponential backoff: net.ipv4.tcp_syn_linear_timeouts = 4 (Linux >= 6.x).",
                   "The queued connections' data is ACKed by the kernel and their FINs too "
                   "(the sockets go to CLOSE-WAIT in the queue).",
-                  "Interfaces in the pcapng: 0 = eth0 (veth), 1 = lo (empty here)."],
+                  "Interfaces in the pcapng: 0 = eth0 (veth), 1 = lo (the localcli datagram "
+                  "and its answer, each seen once)."],
            counters_before=before, extra=extra)
 
 
@@ -1063,13 +1102,18 @@ CAPTURES = {
 
 def make(name: str, outdir: Path) -> None:
     """One capture in its own fresh pair of namespaces, torn down whatever happens."""
-    work = Path(tempfile.mkdtemp(prefix=f"dmx-{name}-"))
-    work.chmod(0o755)
-    try:
-        with Lab(work) as lab:
-            CAPTURES[name](lab, outdir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for attempt in range(3):
+        work = Path(tempfile.mkdtemp(prefix=f"dmx-{name}-"))
+        work.chmod(0o755)
+        try:
+            with Lab(work) as lab:
+                CAPTURES[name](lab, outdir)
+            return
+        except CaptureDropped as e:
+            print(f"{name}: capture lost packets ({e}); trying again", file=sys.stderr)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    raise RuntimeError(f"{name}: the capture kept losing packets")
 
 
 def main(argv: list[str] | None = None) -> int:
