@@ -1,0 +1,349 @@
+"""One test per numbered rule of KERNEL.md, against the emulated kernel.
+
+Names follow the rule they pin (test_A3_..., test_C_row_..., test_F11_...). The same rules
+are checked against the real kernel in test_kernel_cases_real.py.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from demux.kernel import Kernel
+from demux.kernel.sock import pack
+from demux.scenario import loads
+from demux.wire.packet import Packet
+
+HOST = '[host]\naddresses = ["10.9.0.1", "10.9.0.3", "fd9::1"]\ninterfaces = { eth0 = ["10.9.0.1"], eth1 = ["10.9.0.3"] }\n'
+
+
+def kernel(socks: str, procs: str = "", sysctl: str = "", timeline: bool = False) -> Kernel:
+    text = HOST + sysctl + procs
+    if socks:
+        text += f'[[process]]\nname = "p"\npid = 100\nsockets = [\n{socks}\n]\n'
+    k = Kernel.from_scenario(loads(text), seed=1)
+    if not timeline:        # apply `at`/`close_at` calls too, as `demux check` does
+        k.apply_all()
+    return k
+
+
+def results(k: Kernel) -> list[str]:
+    return [o.result for o in k.outcomes]
+
+
+def seg(src, sport, dst, dport, flags="S", seq=1000, ack=0, proto=6, plen=0, ifname=None, ts=0.0):
+    p = Packet(ts=ts, ifname=ifname)
+    p.src, p.dst = pack(src), pack(dst)
+    p.family = 4 if len(p.dst) == 4 else 6
+    p.proto, p.sport, p.dport, p.seq, p.ack, p.payload_len = proto, sport, dport, seq, ack, plen
+    bits = {"F": 1, "S": 2, "R": 4, "P": 8, ".": 16}
+    p.flags = sum(bits[c] for c in flags) if proto == 6 else 0
+    return p
+
+
+# ---- C: bind() conflicts, the verified table ------------------------------------------
+
+C_ROWS = [
+    ('{proto="tcp", bind="0.0.0.0:80"}', '{proto="tcp", bind="10.9.0.1:80"}', "EADDRINUSE"),
+    ('{proto="tcp", bind="10.9.0.1:80"}', '{proto="tcp", bind="0.0.0.0:80", listen=false}', "EADDRINUSE"),
+    ('{proto="tcp", bind="10.9.0.1:80", listen=false}', '{proto="tcp", bind="10.9.0.3:80", listen=false}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false}', "EADDRINUSE"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false}', '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false}', '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', '{proto="tcp", bind="10.9.0.1:80", reuseaddr=true}', "EADDRINUSE"),
+    ('{proto="tcp", bind="10.9.0.1:80", reuseaddr=true}', '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', "EADDRINUSE"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false}', '{proto="tcp", bind="10.9.0.1:80", reuseaddr=true}', "ok"),
+    ('{proto="tcp", bind="10.9.0.1:80", reuseaddr=true, listen=false}', '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}', '{proto="tcp", bind="10.9.0.1:80"}', "EADDRINUSE"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseport=true}', '{proto="tcp", bind="0.0.0.0:80", reuseport=true}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseport=true, listen=false}', '{proto="tcp", bind="0.0.0.0:80", reuseport=true, listen=false}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseport=true}', '{proto="tcp", bind="10.9.0.1:80", reuseport=true}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80", reuseport=true}', '{proto="tcp", bind="0.0.0.0:80"}', "EADDRINUSE"),
+    ('{proto="tcp", bind="[::]:80", v6only=false}', '{proto="tcp", bind="0.0.0.0:80"}', "EADDRINUSE"),
+    ('{proto="tcp", bind="[::]:80", v6only=true}', '{proto="tcp", bind="0.0.0.0:80"}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80"}', '{proto="tcp", bind="[::]:80", v6only=false, listen=false}', "EADDRINUSE"),
+    ('{proto="tcp", bind="10.9.0.1:80"}', '{proto="tcp", bind="[::]:80", v6only=false, listen=false}', "EADDRINUSE"),
+    ('{proto="tcp", bind="10.9.0.1:80"}', '{proto="tcp", bind="[::]:80", v6only=true, listen=false}', "ok"),
+    ('{proto="tcp", bind="[fd9::1]:80"}', '{proto="tcp", bind="[::]:80", v6only=true, listen=false}', "EADDRINUSE"),
+    ('{proto="tcp", bind="[::ffff:10.9.0.1]:80", v6only=false}', '{proto="tcp", bind="10.9.0.1:80", listen=false}', "EADDRINUSE"),
+    ('{proto="udp", bind="0.0.0.0:53"}', '{proto="udp", bind="0.0.0.0:53"}', "EADDRINUSE"),
+    ('{proto="udp", bind="0.0.0.0:53", reuseaddr=true}', '{proto="udp", bind="0.0.0.0:53", reuseaddr=true}', "ok"),
+    ('{proto="udp", bind="0.0.0.0:53"}', '{proto="udp", bind="10.9.0.1:53"}', "EADDRINUSE"),
+    ('{proto="udp", bind="10.9.0.1:53"}', '{proto="udp", bind="0.0.0.0:53"}', "EADDRINUSE"),
+    ('{proto="udp", bind="0.0.0.0:53", reuseaddr=true}', '{proto="udp", bind="10.9.0.1:53", reuseaddr=true}', "ok"),
+    ('{proto="udp", bind="0.0.0.0:53", reuseport=true}', '{proto="udp", bind="0.0.0.0:53", reuseport=true}', "ok"),
+    ('{proto="udp", bind="0.0.0.0:53", reuseport=true}', '{proto="udp", bind="10.9.0.1:53", reuseport=true}', "ok"),
+    ('{proto="tcp", bind="0.0.0.0:80"}', '{proto="udp", bind="0.0.0.0:80"}', "ok"),
+    ('{proto="tcp", bind="127.0.0.1:81", listen=false}', '{proto="tcp", bind="10.9.9.9:80", listen=false}', "EADDRNOTAVAIL"),
+    ('{proto="tcp", bind="127.0.0.1:81", listen=false}', '{proto="tcp", bind="127.0.0.2:80", listen=false}', "ok"),
+]
+
+
+@pytest.mark.parametrize("first,second,expected", C_ROWS, ids=[f"C_row_{i + 1}" for i in range(len(C_ROWS))])
+def test_C_verified_table(first, second, expected):
+    k = kernel(first + ",\n" + second)
+    assert results(k) == ["ok", expected], [o.why for o in k.outcomes]
+
+
+def test_C_why_names_the_conflicting_socket():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}, {proto="tcp", bind="10.9.0.1:80"}')
+    why = k.outcomes[1].why
+    assert "p pid 100 fd 3" in why and "0.0.0.0:80" in why
+
+
+def test_C_listen_rechecks_conflicts():
+    # Both SO_REUSEADDR, neither listening: both bind; the second listen() fails.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true},'
+               '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true}')
+    assert [(o.call, o.result) for o in k.outcomes] == [("listen", "ok"), ("bind", "EADDRINUSE")]
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", reuseaddr=true, listen=false},'
+               '{proto="tcp", bind="0.0.0.0:80", reuseaddr=true},'
+               '{proto="tcp", bind="0.0.0.0:81", reuseaddr=true, listen=false}')
+    assert results(k) == ["ok", "ok", "ok"]
+
+
+def test_C_reuseport_needs_same_uid():
+    procs = ('[[process]]\nname = "a"\nuid = 1000\nsockets = [{proto="tcp", bind="0.0.0.0:8080", reuseport=true}]\n'
+             '[[process]]\nname = "b"\nuid = 1001\nsockets = [{proto="tcp", bind="0.0.0.0:8080", reuseport=true}]\n')
+    k = kernel("", procs)
+    assert results(k) == ["ok", "EADDRINUSE"]
+    assert "same uid" in k.outcomes[1].why
+
+
+def test_C_device_bound_sockets_do_not_conflict_across_devices():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", device="eth0"}, {proto="tcp", bind="0.0.0.0:80", device="eth1"},'
+               '{proto="tcp", bind="0.0.0.0:80"}')
+    assert results(k) == ["ok", "ok", "EADDRINUSE"]
+
+
+def test_C_v4mapped_on_v6only_socket_is_einval():
+    k = kernel('{proto="tcp", bind="[::ffff:10.9.0.1]:80", v6only=true}')
+    assert results(k) == ["EINVAL"]
+
+
+# ---- F10: privileged ports ---------------------------------------------------------------
+
+def test_F10_privileged_port_needs_root():
+    procs = ('[[process]]\nname = "u"\nuid = 1000\nsockets = [{proto="tcp", bind="0.0.0.0:80"}]\n'
+             '[[process]]\nname = "r"\nsockets = [{proto="tcp", bind="0.0.0.0:81"}]\n')
+    assert results(kernel("", procs)) == ["EACCES", "ok"]
+    k = kernel("", procs, '[sysctl]\n"net.ipv4.ip_unprivileged_port_start" = 0\n')
+    assert results(k) == ["ok", "ok"]
+
+
+def test_F10_address_checked_before_port_for_ipv4():
+    procs = '[[process]]\nname = "u"\nuid = 1000\nsockets = [{proto="tcp", bind="10.9.9.9:80"}, {proto="tcp", bind="[fd9::9]:80"}]\n'
+    # __inet_bind checks the address first; __inet6_bind checks the port first.
+    assert results(kernel("", procs)) == ["EADDRNOTAVAIL", "EACCES"]
+
+
+# ---- D: ephemeral ports ------------------------------------------------------------------
+
+def test_D1_bind_zero_takes_an_odd_port_in_range_skipping_reserved():
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:0", listen=false}'] * 20),
+               sysctl='[sysctl]\n"net.ipv4.ip_local_port_range" = "40000 40100"\n'
+                      '"net.ipv4.ip_local_reserved_ports" = "40001-40051"\n')
+    ports = [int(o.local.rsplit(":", 1)[1]) for o in k.outcomes]
+    assert all(r == "ok" for r in results(k))
+    assert all(40052 <= p <= 40100 and p % 2 == 1 for p in ports)
+    assert len(set(ports)) == 20
+
+
+def test_D2_connect_prefers_even_ports_and_reuses_them_per_destination():
+    socks = ",".join(['{proto="tcp", connect="10.9.0.2:443"}'] * 5 + ['{proto="tcp", connect="10.9.0.4:443"}'] * 5)
+    k = kernel(socks)
+    ports = [int(o.local.rsplit(":", 1)[1]) for o in k.outcomes]
+    assert all(p % 2 == 0 for p in ports)
+    assert len(set(ports[:5])) == 5 and len(set(ports[5:])) == 5
+
+
+def test_F11_exhaustion_is_per_destination():
+    sysctl = '[sysctl]\n"net.ipv4.ip_local_port_range" = "60000 60009"\n'
+    socks = ",".join(['{proto="tcp", connect="10.9.0.2:80"}'] * 11 + ['{proto="tcp", connect="10.9.0.4:80"}'] * 10)
+    k = kernel(socks, sysctl=sysctl)
+    r = results(k)
+    assert r[:10] == ["ok"] * 10 and r[10] == "EADDRNOTAVAIL" and r[11:] == ["ok"] * 10
+
+
+def test_D3_bind_zero_fails_when_range_is_used_up():
+    sysctl = '[sysctl]\n"net.ipv4.ip_local_port_range" = "60000 60003"\n'
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:0", listen=false}'] * 5), sysctl=sysctl)
+    assert results(k) == ["ok"] * 4 + ["EADDRINUSE"]
+
+
+def test_D_connect_to_local_port_without_listener_is_refused():
+    k = kernel('{proto="tcp", connect="127.0.0.1:9999"}')
+    assert results(k) == ["ECONNREFUSED"]
+
+
+# ---- A: TCP lookup -----------------------------------------------------------------------
+
+def deliver_fd(k: Kernel, p) -> int | None:
+    v = k.input(p, p.ts)
+    return v.fd if v.verdict == "deliver" else v.verdict
+
+
+@pytest.mark.parametrize("order", ["wildcard-first", "specific-first"])
+def test_F1_A3_specific_listener_beats_wildcard_in_either_order(order):
+    # Both listening on one port needs SO_REUSEPORT; wildcard and specific are separate groups.
+    a = '{proto="tcp", bind="0.0.0.0:80", reuseport=true}'
+    b = '{proto="tcp", bind="10.9.0.1:80", reuseport=true}'
+    k = kernel(a + "," + b if order == "wildcard-first" else b + "," + a)
+    assert results(k) == ["ok", "ok"]
+    specific_fd = 4 if order == "wildcard-first" else 3
+    assert deliver_fd(k, seg("10.9.0.2", 5000, "10.9.0.1", 80)) == specific_fd
+    assert deliver_fd(k, seg("10.9.0.2", 5001, "10.9.0.3", 80)) == 7 - specific_fd
+
+
+def test_F2_v6only_and_ipv4_listeners_split_by_family():
+    k = kernel('{proto="tcp", bind="[::]:80", v6only=true}, {proto="tcp", bind="0.0.0.0:80"}')
+    assert deliver_fd(k, seg("10.9.0.2", 5000, "10.9.0.1", 80)) == 4
+    assert deliver_fd(k, seg("fd9::2", 5000, "fd9::1", 80)) == 3
+
+
+def test_A4_dual_stack_ipv6_listener_takes_ipv4():
+    k = kernel('{proto="tcp", bind="[::]:80", v6only=false}')
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0)
+    assert v.verdict == "deliver" and v.socket == "tcp LISTEN [::]:80"
+
+
+def test_F3_reuseport_spreads_flows_evenly_and_keeps_each_flow():
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:80", reuseport=true}'] * 4))
+    counts = collections.Counter()
+    for i in range(10000):
+        sport = 1024 + i % 60000
+        src = f"10.9.{1 + i // 60000}.2"
+        syn = seg(src, sport, "10.9.0.1", 80, ts=i * 1e-4)
+        fd = deliver_fd(k, syn)
+        ack = seg(src, sport, "10.9.0.1", 80, flags=".", seq=1001, ts=i * 1e-4)
+        v = k.input(ack, ack.ts)
+        assert v.verdict == "deliver" and v.proc.pid == 100
+        counts[fd] += 1
+    assert set(counts) == {3, 4, 5, 6}
+    assert max(counts.values()) - min(counts.values()) < 0.08 * 2500
+
+
+def test_F4_second_syn_goes_to_the_same_request_socket():
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:80", reuseport=true}'] * 4))
+    v1 = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0)
+    v2 = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80, ts=1.0), 1.0)
+    assert v1.fd == v2.fd and v2.state == "SYN-RECV" and "retransmitted" in v2.reason
+
+
+def test_F5_established_survives_listener_close():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", close_at = 5.0}', timeline=True)
+    k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0)
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80, flags=".", seq=1001), 0.1)
+    assert v.state == "ESTAB"
+    k.advance(6.0)
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80, flags="P.", seq=1001, plen=10), 7.0)
+    assert v.verdict == "deliver" and v.state == "ESTAB" and v.proc.name == "p"
+    assert k.input(seg("10.9.0.2", 5001, "10.9.0.1", 80, ts=8.0), 8.0).verdict == "reject"
+
+
+def test_F6_A6_no_listener_rst_and_rst_gets_nothing():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 81), 0.0)
+    assert (v.verdict, v.reply) == ("reject", "rst")
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 81, flags="R"), 0.0)
+    assert (v.verdict, v.reply) == ("reject", None)
+
+
+def test_F9_device_bound_listener_wins_on_its_device():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", device="eth0"}, {proto="tcp", bind="0.0.0.0:80", device="eth1"}')
+    assert deliver_fd(k, seg("10.9.0.2", 5000, "10.9.0.1", 80, ifname="eth0")) == 3
+    assert deliver_fd(k, seg("10.9.0.2", 5000, "10.9.0.3", 80, ifname="eth1")) == 4
+    assert deliver_fd(k, seg("10.9.0.2", 5001, "10.9.0.1", 80, ifname="eth2")) == "reject"
+
+
+def test_A7_full_accept_queue_drops_syn():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", backlog=1, accept=false}')
+    verdicts = []
+    for i in range(4):
+        sport = 5000 + i
+        v = k.input(seg("10.9.0.2", sport, "10.9.0.1", 80, ts=i), i)
+        if v.verdict == "deliver":
+            v = k.input(seg("10.9.0.2", sport, "10.9.0.1", 80, flags=".", seq=1001, ts=i), i)
+        verdicts.append(v.verdict)
+    # sk_acceptq_is_full is "queued > backlog": backlog 1 holds two connections.
+    assert verdicts == ["deliver", "deliver", "drop", "drop"]
+
+
+def test_F12_A8_time_wait_drops_old_segments_and_reopens_on_higher_syn():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+    k.input(seg(*c, *s, seq=100), 0.0)
+    k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1)
+    out = seg(*s, *c, flags="F.", seq=5001, ack=101)
+    assert k.output(out, 0.2).state == "FIN-WAIT-1"
+    assert k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3).state == "TIME-WAIT"
+    v = k.input(seg(*c, *s, flags=".", seq=102, ack=5002), 1.0)
+    assert (v.verdict, v.reply) == ("drop", "ack")
+    v = k.input(seg(*c, *s, flags="S", seq=50), 2.0)
+    assert v.verdict == "drop"
+    v = k.input(seg(*c, *s, flags="S", seq=100000), 3.0)
+    assert v.verdict == "deliver" and v.state == "SYN-RECV" and "reopens" in v.reason
+
+
+def test_A8_time_wait_expires_after_60_seconds():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+    k.input(seg(*c, *s, seq=100), 0.0)
+    k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1)
+    k.output(seg(*s, *c, flags="F.", seq=5001, ack=101), 0.2)
+    k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3)
+    v = k.input(seg(*c, *s, flags="S", seq=50, ts=61.0), 61.0)
+    assert v.verdict == "deliver" and v.state == "SYN-RECV"
+
+
+# ---- B: UDP --------------------------------------------------------------------------------
+
+def udp(src, sport, dst, dport, **kw):
+    return seg(src, sport, dst, dport, proto=17, flags="", **kw)
+
+
+def test_F7_B1_connected_udp_socket_beats_unconnected_for_its_peer():
+    k = kernel('{proto="udp", bind="10.9.0.1:6000", connect="10.9.0.2:7000", reuseaddr=true},'
+               '{proto="udp", bind="0.0.0.0:6000", reuseaddr=true}')
+    assert results(k) == ["ok", "ok"]
+    assert deliver_fd(k, udp("10.9.0.2", 7000, "10.9.0.1", 6000)) == 3
+    assert deliver_fd(k, udp("10.9.0.2", 7001, "10.9.0.1", 6000)) == 4
+
+
+def test_F8_B2_newest_reuseaddr_socket_gets_unicast_and_all_get_broadcast():
+    k = kernel('{proto="udp", bind="0.0.0.0:5000", reuseaddr=true}, {proto="udp", bind="0.0.0.0:5000", reuseaddr=true}')
+    for i in range(5):
+        assert deliver_fd(k, udp("10.9.0.2", 7000 + i, "10.9.0.1", 5000)) == 4
+    v = k.input(udp("10.9.0.2", 7000, "255.255.255.255", 5000), 0.0)
+    assert v.verdict == "deliver" and sorted(fd for _, fd in v.copies) == [3, 4]
+
+
+def test_B4_specific_address_socket_gets_no_broadcast():
+    k = kernel('{proto="udp", bind="10.9.0.1:5000"}')
+    v = k.input(udp("10.9.0.2", 7000, "255.255.255.255", 5000), 0.0)
+    assert (v.verdict, v.reply) == ("reject", None)
+
+
+def test_B3_udp_reuseport_group_keeps_a_flow_on_one_member():
+    k = kernel(",".join(['{proto="udp", bind="0.0.0.0:53", reuseport=true}'] * 3))
+    seen = collections.defaultdict(set)
+    for i in range(300):
+        sport = 10000 + i % 50
+        seen[sport].add(deliver_fd(k, udp("10.9.0.2", sport, "10.9.0.1", 53)))
+    assert all(len(fds) == 1 for fds in seen.values())
+    assert set().union(*seen.values()) == {3, 4, 5}
+
+
+def test_B5_udp_no_socket_port_unreachable():
+    k = kernel("")
+    v = k.input(udp("10.9.0.2", 7000, "10.9.0.1", 9), 0.0)
+    assert (v.verdict, v.reply) == ("reject", "icmp-port-unreachable")
+
+
+def test_lookup_api_reports_trace_and_group():
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:80", reuseport=true}'] * 2))
+    r = k.lookup("tcp", "10.9.0.2", 5000, "10.9.0.1", 80)
+    assert len(r.socks) == 1 and r.socks[0].group is not None and r.reply is None
+    assert any("SO_REUSEPORT group of 2" in s for s in r.trace)
+    assert k.lookup("tcp", "10.9.0.2", 5000, "10.9.0.1", 81).reply == "rst"
