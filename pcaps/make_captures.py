@@ -632,7 +632,7 @@ def toml_value(v) -> str:
     raise TypeError(v)
 
 
-def scenario_socket(d: dict, at: float | None = None, close_at: float | None = None) -> dict:
+def scenario_socket(d: dict) -> dict:
     """A socket read back from the kernel -> its SPEC §1 table (defaults left out)."""
     s = {"proto": d["proto"], "bind": d["bind"]}
     if d.get("connect"):
@@ -647,10 +647,6 @@ def scenario_socket(d: dict, at: float | None = None, close_at: float | None = N
         if not d["accept"]:
             s["accept"] = False
     s["fd"] = d["fd"]
-    if at is not None:
-        s["at"] = round(at, 6)
-    if close_at is not None:
-        s["close_at"] = round(close_at, 6)
     return s
 
 
@@ -690,7 +686,6 @@ def analyse(path: Path) -> dict:
              "icmp_port_unreachable": 0, "icmp6_port_unreachable": 0, "other": 0,
              "syns_by_flow": {}, "first_fin": {}, "rst_from": {}}
     with reader(str(path)) as r:
-        facts["linktype"] = getattr(r, "linktype", None)
         for pkt in r:
             facts["packets"] += 1
             if TCP in pkt:
@@ -807,7 +802,7 @@ def finish(name: str, outdir: Path, lab: Lab, cap: Capture, title: str, servers:
         "capture": cap.path.name,
         "title": title,
         "format": "pcapng" if cap.path.suffix == ".pcapng" else "pcap",
-        "linktype": facts["linktype"],
+        "linktype": link_layers(cap.path),
         "made_with": cap.command,
         "kernel": os.uname().release,
         "first_packet_ts": first_ts,
@@ -818,7 +813,7 @@ def finish(name: str, outdir: Path, lab: Lab, cap: Capture, title: str, servers:
         "flows": flows,
         "client_log": [{k: c.get(k) for k in ("proto", "client", "server", "result", "reply",
                                                "reply_bytes")} for c in client_seen],
-        "packet_counts": {k: v for k, v in facts.items() if k not in ("syns_by_flow", "linktype", "first_fin", "rst_from")},
+        "packet_counts": {k: v for k, v in facts.items() if k not in ("syns_by_flow", "first_fin", "rst_from")},
         "counters": {k: delta.get(k, 0) for k in keep if k in delta},
         "ss_after_traffic": ss,
         "capture_tool_said": tcpdump_said,
@@ -828,6 +823,36 @@ def finish(name: str, outdir: Path, lab: Lab, cap: Capture, title: str, servers:
         kernel.update(extra(facts) if callable(extra) else extra)
     (outdir / f"{name}.kernel.json").write_text(json.dumps(kernel, indent=1) + "\n")
     return facts
+
+
+LINKTYPES = {1: "EN10MB", 113: "LINUX_SLL", 276: "LINUX_SLL2"}
+
+
+def link_layers(path: Path) -> list[dict]:
+    """Link type of each interface: one for pcap, one per Interface Description Block for
+    pcapng (read from the blocks directly; scapy does not expose them)."""
+    data = path.read_bytes()
+    if path.suffix != ".pcapng":
+        lt = struct.unpack("<I" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">I", data[20:24])[0]
+        return [{"interface": 0, "linktype": lt, "name": LINKTYPES.get(lt, str(lt))}]
+    order = "<" if data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+    found, off = [], 0
+    while off + 12 <= len(data):
+        btype, blen = struct.unpack(order + "II", data[off:off + 8])
+        if btype == 1:                  # Interface Description Block
+            lt = struct.unpack(order + "H", data[off + 8:off + 10])[0]
+            ifname, opt = None, off + 16
+            while opt + 4 <= off + blen - 4:
+                code, olen = struct.unpack(order + "HH", data[opt:opt + 4])
+                if code == 0:
+                    break
+                if code == 2:           # if_name
+                    ifname = data[opt + 4:opt + 4 + olen].decode(errors="replace")
+                opt += 4 + (olen + 3) // 4 * 4
+            found.append({"interface": len(found), "linktype": lt,
+                          "name": LINKTYPES.get(lt, str(lt)), "if_name": ifname})
+        off += max(blen, 12)
+    return found
 
 
 def first_packet_ts(path: Path) -> float | None:
