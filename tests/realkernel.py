@@ -19,7 +19,10 @@ kernel did, in the same terms as ``demux check`` (SPEC §2) and the lookup:
   together: a TCP probe by the host child that accept()s it (matched by 4-tuple) or by
   ECONNREFUSED (the RST); a UDP probe by the host socket(s) whose recvfrom() returns its
   token, or by ECONNREFUSED on the peer's connect()ed UDP socket (the ICMP port
-  unreachable). A probe that nothing answers within ``quiet`` seconds is ``timed_out``.
+  unreachable). A probe that nothing answers within ``quiet`` seconds is ``timed_out``
+  (the wait ends as soon as every probe is accounted for, so ``quiet`` costs time only
+  when something is really dropped). Before any of that, one datagram per peer address
+  to a closed port warms ARP/ND up, so that no probe waits on neighbour resolution.
 
 Limits, on purpose: ``accept = false`` is not honoured (the children accept everything,
 since that is how a receiver is identified), and probes leave from the peer namespace
@@ -44,6 +47,7 @@ import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Callable
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 
@@ -55,6 +59,7 @@ ALLOWED_V4 = ipaddress.ip_network("10.9.0.0/16")
 ALLOWED_V6 = ipaddress.ip_network("fd9::/16")
 
 CLONE_NEWNET = 0x40000000
+WARM_PORT = 9          # discard: the warm-up datagram expects an ICMP answer from it
 _libc = ctypes.CDLL(None, use_errno=True)
 _seq = itertools.count()
 
@@ -93,6 +98,7 @@ class RealResult:
     probes: list[dict] = field(default_factory=list)
     interfaces: dict[str, list[str]] = field(default_factory=dict)   # host ifname -> addrs
     peer_addresses: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---- small helpers ----------------------------------------------------------------------
@@ -363,7 +369,27 @@ def _peer_handlers():
         return {i: final.get(i, "pending" if proto == "tcp" else "quiet")
                 for i, (proto, _) in probes.items()}
 
-    return {"listen": listen, "start": start, "status": status}
+    def warm(pairs: list[tuple[str, str]], wait: float) -> list[str]:
+        """One datagram from each peer address to a closed port of a host address, and
+        wait for the ICMP answer: ARP/ND are then resolved both ways, so the probes that
+        follow are not held (or lost) in a neighbour queue. Returns the pairs that failed."""
+        socks = []
+        for src, dst in pairs:
+            s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.connect((dst, WARM_PORT))
+            s.send(b"demux-warmup")
+            socks.append((f"{src}->{dst}", s))
+        end = time.monotonic() + wait
+        while socks and time.monotonic() < end:
+            socks = [(n, s) for n, s in socks
+                     if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != errno.ECONNREFUSED]
+            time.sleep(0.001)
+        for _, s in socks:
+            s.close()
+        return [n for n, _ in socks]
+
+    return {"listen": listen, "start": start, "status": status, "warm": warm}
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -425,17 +451,18 @@ def _sysctl_writer(values: dict[str, object]):
     return factory
 
 
-def run_real(scenario: Scenario, probes: list[Probe] = (), timeout: float = 20,
-             quiet: float = 0.3, settle: float = 0.05) -> RealResult:
+def run_real(scenario: Scenario, probes: list[Probe] | Callable[[list[dict]], list[Probe]] = (),
+             timeout: float = 20, quiet: float = 1.0, settle: float = 0.05) -> RealResult:
     """Apply the scenario's socket calls on the real kernel, then send ``probes``.
 
+    ``probes`` may be a function of the call outcomes (``RealResult.calls``), for probes
+    aimed at ports the kernel chose; its probes must come from addresses the peer has
+    anyway (10.9.0.2 / fd9::2 and the like, one per host subnet).
     ``quiet``: how long a probe may go unanswered before it counts as timed out.
     ``settle``: how long after sending to collect copies of broadcast datagrams.
     """
-    probes = list(probes)
-    for p in probes:
-        if p.proto not in ("tcp", "udp"):
-            raise ValueError(f"probe proto must be tcp or udp: {p}")
+    make_probes = probes if callable(probes) else None
+    probes = [] if make_probes else list(probes)
     host_ifaces, peer_ifaces, subnets, host_local = _plan(scenario, probes)
     deadline = _Deadline(timeout)
     tag = f"{os.getpid()}-{next(_seq)}"
@@ -492,6 +519,15 @@ def run_real(scenario: Scenario, probes: list[Probe] = (), timeout: float = 20,
                           and _plain(s.connect.addr) in result.peer_addresses})
         _send(peer, "listen", targets)
         _recv(peer, deadline, "peer listen")
+        pairs = []
+        for ifname, addrs in peer_ifaces.items():
+            for src in addrs:
+                dst = next((h for h in host_ifaces[ifname] if _ip(h) in _subnet(src)), None)
+                if dst and (src, dst) not in pairs:
+                    pairs.append((src, dst))
+        # before any host socket exists, so port 9 is closed and answers
+        _send(peer, "warm", pairs, min(2.0, deadline.left()))
+        result.warnings += [f"warm-up {n}: no ICMP answer" for n in _recv(peer, deadline, "peer warm-up")]
 
         # -- one child per scenario process
         conns: list[Connection] = []
@@ -522,6 +558,15 @@ def run_real(scenario: Scenario, probes: list[Probe] = (), timeout: float = 20,
                 _send(conns[pi], "close", si)
                 _recv(conns[pi], deadline, who)
 
+        if make_probes:
+            probes = list(make_probes(result.calls))
+            for p in probes:
+                if _plain(p.src_addr) not in result.peer_addresses:
+                    raise ValueError(f"probe source {p.src_addr} is not a peer address "
+                                     f"({', '.join(result.peer_addresses)})")
+        for p in probes:
+            if p.proto not in ("tcp", "udp"):
+                raise ValueError(f"probe proto must be tcp or udp: {p}")
         if probes:
             result.probes = _run_probes(probes, peer, conns, subnets, deadline, quiet, settle)
         for conn in [peer, *conns]:
