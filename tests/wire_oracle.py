@@ -60,6 +60,8 @@ def tcp_options(t) -> list[tuple[str, object]]:
             out.append(("tcp.options.nop", 1))
         elif name == "EOL":
             out.append(("tcp.options.eol", 1))
+        elif isinstance(name, int) and value:
+            out.append(("tcp.options.unknown.payload", bytes(value).hex()))
     return out
 
 
