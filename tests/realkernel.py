@@ -99,6 +99,7 @@ class RealResult:
     interfaces: dict[str, list[str]] = field(default_factory=dict)   # host ifname -> addrs
     peer_addresses: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    peer_result: object = None
 
 
 # ---- small helpers ----------------------------------------------------------------------
@@ -389,7 +390,10 @@ def _peer_handlers():
             s.close()
         return [n for n, _ in socks]
 
-    return {"listen": listen, "start": start, "status": status, "warm": warm}
+    def call(fn, args):
+        return fn(*args)
+
+    return {"listen": listen, "start": start, "status": status, "warm": warm, "call": call}
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -452,12 +456,15 @@ def _sysctl_writer(values: dict[str, object]):
 
 
 def run_real(scenario: Scenario, probes: list[Probe] | Callable[[list[dict]], list[Probe]] = (),
-             timeout: float = 20, quiet: float = 1.0, settle: float = 0.05) -> RealResult:
+             timeout: float = 20, quiet: float = 1.0, settle: float = 0.05,
+             peer_call: tuple[Callable, tuple] | None = None) -> RealResult:
     """Apply the scenario's socket calls on the real kernel, then send ``probes``.
 
     ``probes`` may be a function of the call outcomes (``RealResult.calls``), for probes
     aimed at ports the kernel chose; its probes must come from addresses the peer has
     anyway (10.9.0.2 / fd9::2 and the like, one per host subnet).
+    ``peer_call``: ``(function, args)`` run in the peer namespace after the probes (for
+    what sockets cannot send, e.g. a raw segment); its return value is ``peer_result``.
     ``quiet``: how long a probe may go unanswered before it counts as timed out.
     ``settle``: how long after sending to collect copies of broadcast datagrams.
     """
@@ -569,6 +576,9 @@ def run_real(scenario: Scenario, probes: list[Probe] | Callable[[list[dict]], li
                 raise ValueError(f"probe proto must be tcp or udp: {p}")
         if probes:
             result.probes = _run_probes(probes, peer, conns, subnets, deadline, quiet, settle)
+        if peer_call is not None:
+            _send(peer, "call", *peer_call)
+            result.peer_result = _recv(peer, deadline, "peer call")
         for conn in [peer, *conns]:
             _send(conn, "exit")
         return result

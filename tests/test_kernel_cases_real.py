@@ -5,6 +5,10 @@ These do not touch the emulator. They make sure the facts the emulator is built 
 still hold on the kernel the suite runs on, and that the harness the differential test
 relies on reads the kernel correctly (every assertion here can fail if it does not).
 
+Not here: F4 (a second SYN for a SYN-RECV 4-tuple) and F5 (segments of an accepted
+connection after its listener closed) need hand-made segments or per-connection control
+that the harness does not offer yet; F12 (TIME-WAIT) likewise.
+
 Host addresses: 10.9.0.1, 10.9.0.3 and fd9::1 (KERNEL.md used 10.9.0.2 as a second
 local address; here 10.9.0.2 is the peer, so rows written with 10.9.0.2 use 10.9.0.3).
 """
@@ -12,6 +16,7 @@ local address; here 10.9.0.2 is the peer, so rows written with 10.9.0.2 use 10.9
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 
@@ -202,6 +207,50 @@ def test_f6_syn_to_closed_port_gets_rst_and_udp_gets_icmp(netns_available):
     assert refused == ["rst"] * 3 + ["icmp-port-unreachable"] * 3 + [None, None]
     assert [p["receivers"] for p in real.probes[6:]] == [[(0, 0)], [(0, 1)]]
     assert not any(p["timed_out"] for p in real.probes)
+
+
+def _tcp_segment(src: str, sport: int, dst: str, dport: int, flags: int, seq: int) -> bytes:
+    """A bare IPv4 TCP header with a correct checksum (the kernel adds the IP header)."""
+    import socket
+    import struct
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr))
+    data = pseudo + hdr
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return hdr[:16] + struct.pack("!H", ~total & 0xFFFF) + hdr[18:]
+
+
+def _send_raw_and_listen(segments: list[tuple[int, int]], wait: float) -> list[list[int]]:
+    """Peer side: send each (flags, source port) segment from 10.9.0.2 to 10.9.0.1:81 on a
+    raw socket and collect the TCP flags of every segment that comes back to that port."""
+    import select
+    import socket
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    answers: list[list[int]] = []
+    for flags, sport in segments:
+        raw.sendto(_tcp_segment("10.9.0.2", sport, "10.9.0.1", 81, flags, 1000), ("10.9.0.1", 0))
+        got, end = [], time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([raw], [], [], left)[0]:
+                break
+            pkt = raw.recv(2048)
+            ihl = (pkt[0] & 0x0F) * 4
+            if pkt[12:16] == socket.inet_aton("10.9.0.1") and int.from_bytes(pkt[ihl + 2:ihl + 4], "big") == sport:
+                got.append(pkt[ihl + 13])
+        answers.append(got)
+    return answers
+
+
+def test_f6_rst_to_closed_port_gets_nothing(netns_available):
+    """A SYN to a closed port is answered with RST|ACK; a RST is answered with nothing."""
+    syn, rst = 0x02, 0x04
+    real = run_real(scenario((0, [f'{{{T}, bind = "10.9.0.1:80"}}'])), [],
+                    peer_call=(_send_raw_and_listen, ([(syn, 41000), (rst, 41001)], 0.3)))
+    after_syn, after_rst = real.peer_result
+    assert after_syn == [0x14]     # RST|ACK: the observation method sees answers
+    assert after_rst == []
 
 
 def test_f6_many_closed_udp_ports_all_answered(netns_available):
