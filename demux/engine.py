@@ -105,7 +105,14 @@ class Engine:
         if steps is not None:
             steps.append(f"direction {direction}: "
                          + (f"{unpack(p.dst)} is local" if direction == "in" else f"{unpack(p.src)} is local"))
-        v = k.input(p, p.ts, steps) if direction == "in" else k.output(p, p.ts, steps)
+        if direction == "in":
+            if src_local:
+                # Host to itself (loopback): a capture shows the packet once, but it is both
+                # the sender's output and the receiver's input; both sockets move on.
+                k.output(p, p.ts, None)
+            v = k.input(p, p.ts, steps)
+        else:
+            v = k.output(p, p.ts, steps)
         return Record(p.n, p.ts, p, direction, v, frame)
 
     @staticmethod

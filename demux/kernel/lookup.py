@@ -179,7 +179,8 @@ def udp_unicast(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr:
     """``__udp4_lib_lookup`` / ``__udp6_lib_lookup`` with ``udp4_lib_lookup2``."""
     wild = ANY4 if family == 4 else ANY6
     for exact, addr in ((True, daddr), (False, wild)):
-        badness, result = 0, None
+        # udp4_lib_lookup2 starts at 0 (IPv4 scores start at 1), udp6_lib_lookup2 at -1.
+        badness, result = (0 if family == 4 else -1), None
         bucket = [sk for sk in chain if _in_bucket(sk, family, addr)]
         if steps is not None:
             steps.append(f"UDP sockets on {endpoint(addr, dport)}"

@@ -19,7 +19,7 @@ import zlib
 from demux.kernel import bind as bindrules
 from demux.kernel import lookup as lk
 from demux.kernel import tcp_states as ts
-from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped, pack, rcv_saddr_equal
+from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped, pack, rcv_saddr_equal, unpack
 from demux.scenario import ProcessSpec, Scenario, SocketSpec
 
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
@@ -160,6 +160,7 @@ class Kernel:
         self.est: dict[tuple, Conn] = {}                         # the established hash
         self.udp_implicit: dict[tuple[bytes, int], Sock] = {}    # unknown local UDP senders
         self.perturb: dict[tuple, int] = {}                      # __inet_hash_connect table_perturb
+        self.icmp_peers: dict[bytes, tuple[float, float]] = {}   # inet_peer rate_tokens, rate_last
         self.outcomes: list[Outcome] = []
         self.socks: list[Sock] = []
         self._serial = 0
@@ -820,11 +821,29 @@ class Kernel:
             sk = self._claim_client("udp", p.dst, p.dport, p.src, p.sport) or \
                 self.udp_implicit.get((p.dst, p.dport))
             if sk is None:
-                return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}: the kernel answers "
-                               "ICMP port unreachable", reply="icmp-port-unreachable")
+                if self._icmp_allowed(p.src, now):
+                    return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}: the kernel answers "
+                                   "ICMP port unreachable", reply="icmp-port-unreachable")
+                return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}; the ICMP port "
+                               f"unreachable to {unpack(p.src)} is rate-limited (icmp_ratelimit 1000 ms, burst 6)")
             exact = True
         return Verdict("deliver", self._udp_reason(sk, exact, p.dst, p.dport), sk.proc, sk.fd,
                        sk.describe(), sk.state)
+
+    def _icmp_allowed(self, peer: bytes, now: float) -> bool:
+        """net/ipv4/icmp.c ``icmpv4_xrlim_allow`` (and ``icmpv6_xrlim_allow``) ->
+        net/ipv4/inetpeer.c ``inet_peer_xrlim_allow``: a token bucket per destination,
+        one token per icmp_ratelimit (1 s), at most XRLIM_BURST_FACTOR (6) saved; a new
+        peer starts as if last seen 60 s ago. Loopback destinations are never limited."""
+        if self.is_local(peer):
+            return True
+        tokens, last = self.icmp_peers.get(peer, (0.0, now - 60.0))
+        tokens = min(tokens + (now - last), 6.0)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self.icmp_peers[peer] = (tokens, now)
+        return allowed
 
     def _udp_reason(self, sk: Sock, exact: bool, local: bytes, lport: int) -> str:
         if sk.proc is None:
