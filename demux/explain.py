@@ -10,6 +10,8 @@ values filled in, the ports, and the lookup steps and verdict when the engine gi
 
 from __future__ import annotations
 
+import textwrap
+
 from demux import services
 from demux.wire import fields as F
 from demux.wire.packet import TCP, UDP, Packet, flag_string
@@ -69,9 +71,8 @@ def bit_diagram(header: F.Header, values: dict, options: str | None = None) -> s
             value_line += str(value)[:width].center(width) + "|"
         lines += [label_line, value_line, _RULE]
     if options:
-        width = 63
-        for start in range(0, len(options), width):
-            lines.append("|" + options[start:start + width].center(width) + "|")
+        for chunk in textwrap.wrap(options, 61, break_on_hyphens=False) or [""]:
+            lines.append("|" + chunk.center(63) + "|")
         lines.append(_RULE)
     return "\n".join(lines)
 

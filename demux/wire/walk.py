@@ -57,7 +57,7 @@ def walk(linktype: int, data: bytes) -> list[dict]:
         _link(w, linktype)
     except (IndexError, ValueError):    # defensive: a walk never takes explain down
         pass
-    return w.layers
+    return [layer for layer in w.layers if layer["fields"]]
 
 
 def _link(w: _Walk, linktype: int) -> None:
