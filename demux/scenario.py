@@ -92,6 +92,7 @@ class ProcessSpec:
 class HostSpec:
     name: str | None = None
     addresses: list[str] = field(default_factory=list)
+    prefixes: dict[str, int] = field(default_factory=dict)   # "10.0.0.1/24" in the file
     interfaces: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -195,7 +196,14 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
     sc.host.name = host.get("name")
     for i, a in enumerate(_expect(host.get("addresses", []), list, f"{path}: [host]", "addresses")):
         try:
-            sc.host.addresses.append(normalize_address(_expect(a, str, f"{path}: [host] addresses[{i}]", "address"))[1])
+            text = _expect(a, str, f"{path}: [host] addresses[{i}]", "address")
+            text, slash, plen = text.partition("/")
+            family, norm = normalize_address(text)
+            sc.host.addresses.append(norm)
+            if slash:
+                if not plen.isdigit() or int(plen) > (32 if family == 4 else 128):
+                    raise ValueError(f"bad prefix length /{plen}")
+                sc.host.prefixes[norm] = int(plen)
         except ValueError as err:
             raise ScenarioError(f"{path}: [host] addresses[{i}]: {err}") from None
     for ifname, addrs in _expect(host.get("interfaces", {}), dict, f"{path}: [host]", "interfaces").items():
@@ -377,7 +385,8 @@ def dumps(sc: Scenario, header: str | None = None) -> str:
     out.append("[host]")
     if sc.host.name:
         out.append(f"name = {_toml_str(sc.host.name)}")
-    out.append("addresses = [" + ", ".join(_toml_str(a) for a in sc.host.addresses) + "]")
+    out.append("addresses = [" + ", ".join(
+        _toml_str(a + (f"/{sc.host.prefixes[a]}" if a in sc.host.prefixes else "")) for a in sc.host.addresses) + "]")
     if sc.host.interfaces:
         items = ", ".join(f"{k} = [" + ", ".join(_toml_str(a) for a in v) + "]"
                           for k, v in sc.host.interfaces.items())

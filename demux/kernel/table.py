@@ -150,9 +150,17 @@ class Kernel:
         self.nonlocal6 = bool(sc.sysctl["net.ipv6.ip_nonlocal_bind"])
         self.local4: set[bytes] = set()
         self.local6: set[bytes] = {LOOPBACK6}
+        # Directed broadcast addresses: from the prefix when the scenario gives one
+        # ("10.0.0.1/24"), else the address's /24, the usual LAN.
+        self.bcast4: set[bytes] = {b"\xff" * 4}
         for a in sc.host.addresses:
             b = pack(a)
             (self.local4 if len(b) == 4 else self.local6).add(b)
+            if len(b) == 4 and b[0] != 127:
+                plen = sc.host.prefixes.get(a, 24)
+                if plen <= 30:
+                    host_mask = (1 << (32 - plen)) - 1
+                    self.bcast4.add((int.from_bytes(b, "big") | host_mask).to_bytes(4, "big"))
         self.procs = [ProcState(p, i) for i, p in enumerate(sc.processes)]
         self.owners: dict[tuple[str, int], list[Sock]] = {}      # bind buckets, head first
         self.listeners: dict[int, list[Sock]] = {}               # TCP lhash2 chains per port
@@ -501,7 +509,7 @@ class Kernel:
 
     def _is_mcast(self, d: bytes, link_bcast: bool) -> bool:
         if len(d) == 4:
-            return d == b"\xff\xff\xff\xff" or 224 <= d[0] <= 239 or (link_bcast and d not in self.local4)
+            return d in self.bcast4 or 224 <= d[0] <= 239 or (link_bcast and d not in self.local4)
         return d[0] == 0xFF
 
     # ---- packets ---------------------------------------------------------------------
