@@ -62,7 +62,8 @@ class TableSink:
         if self.t0 is None:
             self.t0 = rec.ts
         d = rec.as_dict()
-        who = f"{d['process']}[{d['pid']}] fd {d['fd']}" if d["process"] else ""
+        who = (f"{d['process']}[{d['pid']}]" + (f" fd {d['fd']}" if d["fd"] is not None else "")
+               if d["process"] else "")
         if d["reply"]:
             who = f"reply: {d['reply']}"
         line = (f"{d['n']:>6} {rec.ts - self.t0:>12.6f} "
