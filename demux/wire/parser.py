@@ -88,93 +88,107 @@ _P_TCP, _P_UDP, _P_ICMP, _P_ICMP6 = 6, 17, 1, 58
 
 _new = Packet.__new__
 
-# The common frames, Ethernet + IPv4 without options + TCP or UDP, are each read in
-# one unpack; the IP protocol byte picks which layout to try.
+# The common frames, Ethernet + IPv4 (no options) or IPv6 (no extension headers) + TCP
+# or UDP, are each read in one unpack; the EtherType's first byte and the protocol byte
+# pick which layout to try, and the rest is checked after the unpack.
+_TCP_FAST = ("tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw", "tcp.hdr_len",
+             "tcp.flags.cwr", "tcp.window_size_value")
+_UDP_FAST = ("udp.srcport", "udp.dstport", "udp.length")
 _IP4_FAST = ("ip.version", "ip.len", "ip.frag_offset", "ip.ttl", "ip.src", "ip.dst")
-_ETH_IP4_TCP = _f.layout((_f.ETHERNET, 0, ("eth.type",)), (_f.IPV4, _ETH_LEN, _IP4_FAST),
-                         (_f.TCP, _ETH_LEN + _IP4_MIN,
-                          ("tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw",
-                           "tcp.hdr_len", "tcp.flags.cwr", "tcp.window_size_value")))
-_ETH_IP4_UDP = _f.layout((_f.ETHERNET, 0, ("eth.type",)), (_f.IPV4, _ETH_LEN, _IP4_FAST),
-                         (_f.UDP, _ETH_LEN + _IP4_MIN, ("udp.srcport", "udp.dstport", "udp.length")))
-_FAST_PROTO = _ETH_LEN + _f.IPV4["ip.proto"].byte
-_PLAIN_VHL = (4 << _IP4_VER_SHIFT) | (_IP4_MIN // _IHL_SCALE)
+_IP6_FAST = ("ipv6.version", "ipv6.plen", "ipv6.hlim", "ipv6.src", "ipv6.dst")
+_ETH_T = (_f.ETHERNET, 0, ("eth.type",))
 _FAST_L4 = _ETH_LEN + _IP4_MIN
-_FAST_TCP_MIN = _FAST_L4 + _TCP_MIN
-_FAST_UDP_MIN = _FAST_L4 + _UDP_LEN
+_FAST6_L4 = _ETH_LEN + _IP6_LEN
+_ETH_IP4_TCP = _f.layout(_ETH_T, (_f.IPV4, _ETH_LEN, _IP4_FAST), (_f.TCP, _FAST_L4, _TCP_FAST))
+_ETH_IP4_UDP = _f.layout(_ETH_T, (_f.IPV4, _ETH_LEN, _IP4_FAST), (_f.UDP, _FAST_L4, _UDP_FAST))
+_ETH_IP6_TCP = _f.layout(_ETH_T, (_f.IPV6, _ETH_LEN, _IP6_FAST), (_f.TCP, _FAST6_L4, _TCP_FAST))
+_ETH_IP6_UDP = _f.layout(_ETH_T, (_f.IPV6, _ETH_LEN, _IP6_FAST), (_f.UDP, _FAST6_L4, _UDP_FAST))
+_FAST_PROTO = _ETH_LEN + _f.IPV4["ip.proto"].byte
+_FAST6_PROTO = _ETH_LEN + _IP6_NXT
+_PLAIN_VHL = (4 << _IP4_VER_SHIFT) | (_IP4_MIN // _IHL_SCALE)
+_FAST_MIN = _FAST_L4 + _UDP_LEN
 _FRAG_BITS = _MF | _FRAG_MASK
+_ET4_HI, _ET6_HI = _ETHERTYPE_IPV4 >> 8, _ETHERTYPE_IPV6 >> 8
 
 
 def parse(n: int, ts: float, linktype: int, data: bytes, ifname: str | None = None,
           orig_len: int | None = None) -> Packet:
     """Parse one captured frame into a ``Packet``; never raises on bad bytes."""
     dlen = len(data)
-    if linktype == 1 and dlen >= _FAST_UDP_MIN:
-        # Straight-line path for Ethernet + IPv4 (no options, not a fragment, lengths
-        # consistent) + TCP/UDP. Anything else, or any doubt, takes the general path,
-        # which gives the same answer (tests compare the two).
-        proto = data[_FAST_PROTO]
-        if proto == _P_TCP and dlen >= _FAST_TCP_MIN:
-            (et, vhl, tot, fragw, ttl, src, dst,
-             sport, dport, seq, ack, offb, flags, win) = _ETH_IP4_TCP.unpack_from(data, 0)
-            hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
-            if (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
-                    and _TCP_MIN <= hl <= tot - _IP4_MIN and tot <= dlen - _ETH_LEN):
-                p = _new(Packet)
-                p.n = n
-                p.ts = ts
-                p.linktype = 1
-                p.ifname = ifname
-                p.data = data
-                p.orig_len = dlen if orig_len is None else orig_len
-                p.family = 4
-                p.src = src
-                p.dst = dst
-                p.proto = _P_TCP
-                p.ttl = ttl
-                p.sport = sport
-                p.dport = dport
-                p.flags = flags
-                p.seq = seq
-                p.ack = ack
-                p.window = win
-                p.tsval = p.mss = p.frag = p.error = p.inner = None
-                p.payload_len = tot - _IP4_MIN - hl
-                p.l3_off = _ETH_LEN
-                p.l4_off = _FAST_L4
-                p.payload_off = _FAST_L4 + hl
-                p.link_bcast = data[0] & 1 == 1
-                p.icmp_type = p.icmp_code = -1
-                if hl > _TCP_MIN:
-                    _tcp_options(p, data, _FAST_TCP_MIN, _FAST_L4 + hl)
-                return p
-        elif proto == _P_UDP:
-            et, vhl, tot, fragw, ttl, src, dst, sport, dport, ulen = _ETH_IP4_UDP.unpack_from(data, 0)
-            if (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
-                    and _UDP_LEN <= ulen <= tot - _IP4_MIN and tot <= dlen - _ETH_LEN):
-                p = _new(Packet)
-                p.n = n
-                p.ts = ts
-                p.linktype = 1
-                p.ifname = ifname
-                p.data = data
-                p.orig_len = dlen if orig_len is None else orig_len
-                p.family = 4
-                p.src = src
-                p.dst = dst
-                p.proto = _P_UDP
-                p.ttl = ttl
-                p.sport = sport
-                p.dport = dport
-                p.flags = p.seq = p.ack = p.window = 0
-                p.tsval = p.mss = p.frag = p.error = p.inner = None
-                p.payload_len = ulen - _UDP_LEN
-                p.l3_off = _ETH_LEN
-                p.l4_off = _FAST_L4
-                p.payload_off = _FAST_UDP_MIN
-                p.link_bcast = data[0] & 1 == 1
-                p.icmp_type = p.icmp_code = -1
-                return p
+    if linktype == 1 and dlen >= _FAST_MIN:
+        # Straight-line path for Ethernet + IPv4 without options or IPv6 without
+        # extension headers, not a fragment, lengths consistent, + TCP/UDP. Anything
+        # else, or any doubt, takes the general path, which gives the same answer
+        # (tests compare the two on every generated frame).
+        hi = data[_ETH_TYPE]
+        ok = False
+        if hi == _ET4_HI:
+            proto = data[_FAST_PROTO]
+            if proto == _P_TCP:
+                if dlen >= _FAST_L4 + _TCP_MIN:
+                    (et, vhl, tot, fragw, ttl, src, dst,
+                     sport, dport, seq, ack, offb, flags, win) = _ETH_IP4_TCP.unpack_from(data, 0)
+                    hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
+                    seg = tot - _IP4_MIN
+                    ok = (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
+                          and _TCP_MIN <= hl <= seg and tot <= dlen - _ETH_LEN)
+                    pay = seg - hl
+            elif proto == _P_UDP:
+                et, vhl, tot, fragw, ttl, src, dst, sport, dport, ulen = _ETH_IP4_UDP.unpack_from(data, 0)
+                ok = (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
+                      and _UDP_LEN <= ulen <= tot - _IP4_MIN and tot <= dlen - _ETH_LEN)
+                flags = seq = ack = win = 0
+                hl = _UDP_LEN
+                pay = ulen - _UDP_LEN
+            family, l3, l4 = 4, _ETH_LEN, _FAST_L4
+        elif hi == _ET6_HI:
+            proto = data[_FAST6_PROTO]
+            if proto == _P_TCP:
+                if dlen >= _FAST6_L4 + _TCP_MIN:
+                    (et, vbyte, plen, ttl, src, dst,
+                     sport, dport, seq, ack, offb, flags, win) = _ETH_IP6_TCP.unpack_from(data, 0)
+                    hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
+                    ok = (et == _ETHERTYPE_IPV6 and vbyte >> _IP6_VER_SHIFT == 6
+                          and _TCP_MIN <= hl <= plen and plen <= dlen - _FAST6_L4)
+                    pay = plen - hl
+            elif proto == _P_UDP:
+                if dlen >= _FAST6_L4 + _UDP_LEN:
+                    et, vbyte, plen, ttl, src, dst, sport, dport, ulen = _ETH_IP6_UDP.unpack_from(data, 0)
+                    ok = (et == _ETHERTYPE_IPV6 and vbyte >> _IP6_VER_SHIFT == 6
+                          and _UDP_LEN <= ulen <= plen and plen <= dlen - _FAST6_L4)
+                    flags = seq = ack = win = 0
+                    hl = _UDP_LEN
+                    pay = ulen - _UDP_LEN
+            family, l3, l4 = 6, _ETH_LEN, _FAST6_L4
+        if ok:
+            p = _new(Packet)
+            p.n = n
+            p.ts = ts
+            p.linktype = 1
+            p.ifname = ifname
+            p.data = data
+            p.orig_len = dlen if orig_len is None else orig_len
+            p.family = family
+            p.src = src
+            p.dst = dst
+            p.proto = proto
+            p.ttl = ttl
+            p.sport = sport
+            p.dport = dport
+            p.flags = flags
+            p.seq = seq
+            p.ack = ack
+            p.window = win
+            p.tsval = p.mss = p.frag = p.error = p.inner = None
+            p.payload_len = pay
+            p.l3_off = l3
+            p.l4_off = l4
+            p.payload_off = l4 + hl
+            p.link_bcast = data[0] & 1 == 1
+            p.icmp_type = p.icmp_code = -1
+            if hl > _TCP_MIN:
+                _tcp_options(p, data, l4 + _TCP_MIN, l4 + hl)
+            return p
     return parse_general(n, ts, linktype, data, ifname, orig_len)
 
 
