@@ -242,7 +242,7 @@ def _order(keys_by_proto: list[list[object]], first_seen: dict[object, int]) -> 
 
 def build(rows: list[Row], source: str, notes: list[str] | None = None,
           sysctl: dict | None = None, host: HostSpec | None = None,
-          reuse_known: bool = False) -> tuple[Scenario, str]:
+          reuse_known: bool = False, title: str | None = None) -> tuple[Scenario, str]:
     """The scenario of a listing's sockets and the header comment on what was assumed.
 
     ``reuse_known``: the rows carry SO_REUSEADDR/SO_REUSEPORT as read from the sockets,
@@ -355,7 +355,7 @@ def build(rows: list[Row], source: str, notes: list[str] | None = None,
     if not reuse_known:
         notes.append("SO_REUSEADDR/SO_REUSEPORT are not in ss output: assumed only where sockets "
                      "share a port (see the comments)")
-    header = "\n".join([f"Imported by `demux import-ss` from {source}."] + notes)
+    header = "\n".join([title or f"Imported by `demux import-ss` from {source}."] + notes)
     return sc, header
 
 
