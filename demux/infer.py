@@ -102,8 +102,9 @@ class _Evidence:
         self.answers: Counter = Counter()                   # address -> answers sent
         self.link: dict[bytes, Counter] = defaultdict(Counter)   # address -> link sources
         self.received: Counter = Counter()                  # address -> packets to it
-        self.tcp: dict[tuple, list] = {}                    # flow key -> [state, client, n]
-        self.udp_first: dict[tuple, tuple] = {}             # flow key -> initiator endpoint
+        # flow key -> [state, client end, first packet, key[0] sent non-RST, key[1] did, SYN time]
+        self.tcp: dict[tuple, list] = {}
+        self.udp_first: dict[tuple, tuple] = {}             # flow key -> (initiator end, time)
         self.udp_silent: Counter = Counter()                # (addr, port) asked, never answered
         self.warning: str | None = None
 
@@ -145,23 +146,24 @@ class _Evidence:
             # A new attempt (or a retransmission): the sender is the client.
             self.ports[("tcp", p.dst, p.dport)].asked += 1
             if f is None or f[0] != "syn" or f[1] != a:
-                self.tcp[key] = ["syn", a, p.n, False, False]
+                self.tcp[key] = ["syn", a, p.n, False, False, p.ts]
             return
         if f is None:
             if flags & SYN:         # SYN-ACK whose SYN came before the capture
-                self.tcp[key] = f = ["open", b, p.n, False, False]
+                self.tcp[key] = f = ["open", b, p.n, False, False, p.ts]
             else:
                 # Mid-stream: which end is the server is decided once the host is known.
-                self.tcp[key] = f = ["mid", None, p.n, False, False]
+                self.tcp[key] = f = ["mid", None, p.n, False, False, p.ts]
         if flags & SYN:
             if f[0] in ("syn", "open") and f[1] == b:
-                self.ports[("tcp", p.src, p.sport)].answer(p.n, p.ts, b[0])
+                # Times are those of the SYNs: the kernel decided when each arrived.
+                self.ports[("tcp", p.src, p.sport)].answer(p.n, f[5], b[0])
                 self._answered_by(p, p.src)
                 f[0] = "open"
             return
         if flags & RST:
             if f[0] == "syn" and f[1] == b:
-                self.ports[("tcp", p.src, p.sport)].refuse(p.n, p.ts)
+                self.ports[("tcp", p.src, p.sport)].refuse(p.n, f[5])
                 self._answered_by(p, p.src)
                 f[0] = "refused"
             return
@@ -179,17 +181,17 @@ class _Evidence:
         self.received[p.dst] += 1
         first = self.udp_first.get(key)
         if first is None:
-            self.udp_first[key] = a
+            self.udp_first[key] = (a, p.ts)
             if _unicast(p.dst):
                 self.ports[("udp", p.dst, p.dport)].asked += 1
                 self.udp_silent[b] += 1
             return
-        if first == a:
+        if first[0] == a:
             if _unicast(p.dst):
                 self.ports[("udp", p.dst, p.dport)].asked += 1
             return
         # The end that did not speak first answers from the port it was asked on.
-        self.ports[("udp", p.src, p.sport)].answer(p.n, p.ts, p.dst)
+        self.ports[("udp", p.src, p.sport)].answer(p.n, first[1], p.dst)
         self.udp_silent.pop(a, None)
         self._answered_by(p, p.src)
 
