@@ -124,7 +124,7 @@ class Stack:
         return (self._hash(key, 0) + int(now * 15625000)) & M32
 
     def _cookie(self, key, client_isn: int, slot: int, mss_index: int) -> int:
-        return ((self._hash(key, (slot << 32) | client_isn) & ~3) | mss_index) & M32
+        return ((self._hash(key, ((slot & M32) << 32) | client_isn) & ~3) | mss_index) & M32
 
     def _seg(self, c: Conn, flags: int, seq: int | None = None, payload: bytes = b"",
              options: bytes = b"") -> bytes:
