@@ -148,7 +148,9 @@ def parse_ss(text: str, name: str = "<ss>") -> tuple[list[Row], list[str]]:
             pep = _endpoint(peer, proto, old_star, where)[0]
         if state is None:
             state = ("LISTEN" if proto == "tcp" else "UNCONN") if pep is None else "ESTAB"
-        if proto == "tcp" and state != "LISTEN" or proto == "udp" and state not in ("UNCONN", "ESTAB"):
+        if proto == "tcp" and state == "ESTAB" and pep is not None:
+            pass            # a client connection, unless a listener owns its port (below)
+        elif proto == "tcp" and state != "LISTEN" or proto == "udp" and state not in ("UNCONN", "ESTAB"):
             key = f"{proto} {state}"
             skipped[key] = skipped.get(key, 0) + 1
             continue
@@ -171,8 +173,21 @@ def parse_ss(text: str, name: str = "<ss>") -> tuple[list[Row], list[str]]:
         elif lep.family == 6 and star:
             row.v6only = False   # ``*`` is the dual-stack wildcard
         rows.append(row)
+    # An established TCP socket on a listener's port was accepted from it: the listener
+    # stands for it. The others are client connections, written as connect() calls.
+    listening = [r for r in rows if r.state == "LISTEN"]
+    kept = []
+    for r in rows:
+        if r.proto == "tcp" and r.state == "ESTAB":
+            if not r.users or any(l.local.port == r.local.port and overlap(l, r) for l in listening):
+                key = "tcp ESTAB" + ("" if r.users else " (no process)")
+                skipped[key] = skipped.get(key, 0) + 1
+                continue
+        kept.append(r)
+    rows = kept
     _settle_v6only(rows)
-    notes = [f"skipped {n} {what} line{'s' if n != 1 else ''} (not a listening TCP or a UDP socket)"
+    why = {"tcp ESTAB": "accepted connections: their listener stands for them"}
+    notes = [f"skipped {n} {what} line{'s' if n != 1 else ''} ({why.get(what, 'not a socket a scenario holds')})"
              for what, n in sorted(skipped.items())]
     if old_star:
         notes.append("old ss style: `*` read as 0.0.0.0, `:::PORT` as [::]")
@@ -313,7 +328,7 @@ def build(rows: list[Row], source: str, notes: list[str] | None = None,
             p = procs[key]
             by_proto[r.proto].append(key)
             spec = SocketSpec(proto=r.proto, bind=r.local, listen=r.state == "LISTEN",
-                              connect=r.peer if r.proto == "udp" and r.peer is not None else None,
+                              connect=r.peer,
                               device=r.device, fd=fd,
                               reuseaddr=bool(r.reuseaddr), reuseport=bool(r.reuseport),
                               v6only=r.v6only if r.local.family == 6 else None)
@@ -362,6 +377,6 @@ def build(rows: list[Row], source: str, notes: list[str] | None = None,
 def import_ss(text: str, name: str = "<ss>") -> tuple[Scenario, str]:
     """The scenario of saved ss output, and its header comment."""
     rows, notes = parse_ss(text, name)
-    if not rows:
-        raise DemuxError(f"{name}: no TCP listener or UDP socket in it (is it `ss -tulnp` output?)")
+    if not rows and not re.search(r"^\s*(Netid|State)\s+Recv-Q", text, re.M):
+        raise DemuxError(f"{name}: no ss output in it (neither a header line nor a socket line)")
     return build(rows, name, notes)
