@@ -301,3 +301,316 @@ def test_stack_synack_retransmitted_then_given_up():
         t += 100.0
         sent += segs(app.stack.tick(t))
     assert [s.flags for s in sent] == [SYN | ACK] * 5 and not app.stack.conns and not app.stack.half_open
+
+
+# ---- the whole command in a network namespace ---------------------------------------------
+
+SCENARIO = """
+[host]
+addresses = ["10.66.0.2", "fd66::2"]
+
+[[process]]
+name = "web"
+sockets = [ { proto = "tcp", bind = "[::]:80" } ]
+
+[[process]]
+name = "dns"
+sockets = [ { proto = "udp", bind = "0.0.0.0:53" }, { proto = "udp", bind = "[::]:53", v6only = true } ]
+
+[[process]]
+name = "rp"
+pid = 2001
+uid = 65534
+sockets = [ { proto = "tcp", bind = "0.0.0.0:8080", reuseport = true } ]
+
+[[process]]
+name = "rp"
+pid = 2002
+uid = 65534
+sockets = [ { proto = "tcp", bind = "0.0.0.0:8080", reuseport = true } ]
+
+[[process]]
+name = "rp"
+pid = 2003
+uid = 65534
+sockets = [ { proto = "tcp", bind = "0.0.0.0:8080", reuseport = true } ]
+
+[[process]]
+name = "victim"
+sockets = [ { proto = "tcp", bind = "0.0.0.0:9000" } ]
+
+[[process]]
+name = "steady"
+sockets = [ { proto = "udp", bind = "0.0.0.0:9001" } ]
+
+[[process]]
+name = "flood"
+sockets = [ { proto = "tcp", bind = "0.0.0.0:7000", backlog = 16 } ]
+"""
+
+HANDLERS = '''
+import os
+
+def web(data, info):
+    if b"\\r\\n\\r\\n" not in data:
+        return None
+    body = f"hello {info['src']} from {info['process']} {info['pid']}\\n".encode()
+    return (b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n"
+            % len(body) + body)
+
+flood = web
+
+def dns(data, info):
+    return b"answer:" + data
+
+def rp(data, info):
+    return f"{os.getpid()} {os.getuid()} {info['conn']}\\n".encode()
+
+def victim(data, info):
+    return f"{os.getpid()}\\n".encode()
+
+def steady(data, info):
+    return data
+'''
+
+# Runs inside the namespace: one client action per call, one JSON line out.
+CLIENT = r'''
+import json, os, random, socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+cmd, args = sys.argv[2], sys.argv[3:]
+
+def fam(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+def ask(s, msg):
+    s.sendall(msg)
+    return s.recv(4096).decode()
+
+if cmd == "udp":
+    host, port, msg = args[0], int(args[1]), args[2].encode()
+    s = socket.socket(fam(host), socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(msg, (host, port))
+    data, peer = s.recvfrom(4096)
+    print(json.dumps({"answer": data.decode(), "from": [peer[0], peer[1]]}))
+elif cmd == "tcp_closed":
+    host, port = args[0], int(args[1])
+    s = socket.socket(fam(host), socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        print(json.dumps({"result": "connected"}))
+    except OSError as e:
+        print(json.dumps({"result": type(e).__name__}))
+elif cmd == "udp_closed":
+    host, port = args[0], int(args[1])
+    s = socket.socket(fam(host), socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((host, port))
+    s.send(b"anyone?")
+    try:
+        s.recv(100)
+        print(json.dumps({"result": "answered"}))
+    except OSError as e:
+        print(json.dumps({"result": type(e).__name__}))
+elif cmd == "flows":
+    host, port, nconn, nreq = args[0], int(args[1]), int(args[2]), int(args[3])
+    socks = []
+    for i in range(nconn):
+        s = socket.create_connection((host, port), timeout=5)
+        socks.append(s)
+    out = [[ask(s, b"who?\n").split() for _ in range(nreq)] for s in socks]
+    for s in socks:
+        s.close()
+    print(json.dumps(out))
+elif cmd == "steady":
+    host, port, n = args[0], int(args[1]), int(args[2])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.settimeout(0.001)
+    got = set()
+    for i in range(n):
+        s.sendto(b"%d" % i, (host, port))
+        t = time.monotonic() + 0.004
+        while time.monotonic() < t:
+            try:
+                got.add(int(s.recv(100)))
+            except socket.timeout:
+                pass
+    end = time.monotonic() + 3
+    s.settimeout(0.2)
+    while len(got) < n and time.monotonic() < end:
+        try:
+            got.add(int(s.recv(100)))
+        except socket.timeout:
+            pass
+    print(json.dumps({"sent": n, "got": len(got), "missing": sorted(set(range(n)) - got)[:20]}))
+elif cmd == "flood":
+    from demux.live.packets import tcp_packet
+    dst, port, n = socket.inet_aton(args[0]), int(args[1]), int(args[2])
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    rnd = random.Random(7)
+    sent = 0
+    for i in range(n):
+        src = bytes([10, 66, 0, 100 + i % 100])
+        pkt = tcp_packet(src, dst, rnd.randrange(1024, 65535), port, rnd.getrandbits(32), 0, 0x02, 1024)
+        try:
+            raw.sendto(pkt, (args[0], 0))
+            sent += 1
+        except OSError:
+            pass
+    print(json.dumps({"sent": sent}))
+'''
+
+
+def _ns(ns, *cmd, timeout=10, **kw):
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+class Live:
+    """`demux live` running in its own namespace, with helpers to act as its clients."""
+
+    def __init__(self, tmp: Path):
+        self.ns = f"dmx-live-{uuid.uuid4().hex[:8]}"
+        self.tmp = tmp
+        (tmp / "scenario.toml").write_text(SCENARIO)
+        (tmp / "handlers.py").write_text(HANDLERS)
+        (tmp / "client.py").write_text(CLIENT)
+        self.err: list[str] = []
+        self.proc = None
+        subprocess.run(["ip", "netns", "add", self.ns], check=True, timeout=10)
+
+    def start(self):
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "demux", "live", "--tun", "dmx0",
+             "-s", str(self.tmp / "scenario.toml"), "--address", "10.66.0.1/24", "--address", "fd66::1/64",
+             "--handlers", str(self.tmp / "handlers.py"), "--queue", "64"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        threading.Thread(target=self._read_err, daemon=True).start()
+        self.wait_err("Ctrl-C ends", 10)
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self.err.append(line.rstrip("\n"))
+
+    def wait_err(self, text, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(text in line for line in self.err):
+                return
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                pytest.fail(f"demux live exited {self.proc.returncode}: {self.err}")
+            time.sleep(0.05)
+        pytest.fail(f"no {text!r} from demux live within {timeout} s: {self.err}")
+
+    def client(self, *args, timeout=20):
+        r = _ns(self.ns, sys.executable, str(self.tmp / "client.py"), str(REPO), *map(str, args),
+                timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def run(self, *cmd, timeout=10, **kw):
+        return _ns(self.ns, *cmd, timeout=timeout, **kw)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=15)
+        return out
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(netns_available, tmp_path_factory):
+    lv = Live(tmp_path_factory.mktemp("live"))
+    try:
+        lv.start()
+        yield lv
+    finally:
+        lv.close()
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("url,src", [("http://10.66.0.2/", "10.66.0.1"), ("http://[fd66::2]/", "fd66::1")])
+def test_curl_fetches_a_page_through_the_tun(live, url, src):
+    r = live.run("curl", "-sS", "-m", "5", url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"hello {src} from web 1000\n"
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("host", ["10.66.0.2", "fd66::2"])
+def test_udp_clients_get_answers(live, host):
+    got = live.client("udp", host, 53, "question")
+    assert got["answer"] == "answer:question" and got["from"][:2] == [host, 53]
+    r = live.run("nc", "-u", "-w", "1", host, "53", input="from nc\n")
+    assert r.stdout == "answer:from nc\n"
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("host", ["10.66.0.2", "fd66::2"])
+def test_closed_ports_are_refused_by_rst_and_icmp(live, host):
+    assert live.client("tcp_closed", host, 81) == {"result": "ConnectionRefusedError"}
+    assert live.run("nc", "-z", "-w", "2", host, "81").returncode != 0
+    assert live.run("nc", "-z", "-w", "2", host, "80").returncode == 0
+    assert live.client("udp_closed", host, 54) == {"result": "ConnectionRefusedError"}
+
+
+@pytest.mark.netns
+def test_reuseport_group_spreads_flows_each_flow_on_one_process(live):
+    flows = live.client("flows", "10.66.0.2", 8080, 12, 3)
+    pids = set()
+    for answers in flows:
+        assert len({a[0] for a in answers}) == 1          # one flow, one process
+        assert {a[1] for a in answers} == {"65534"}      # running as the scenario's uid
+        pids.add(answers[0][0])
+    assert len(pids) >= 2
+
+
+@pytest.mark.netns
+def test_killed_handler_restarts_and_others_lose_nothing(live):
+    steady = subprocess.Popen(
+        ["ip", "netns", "exec", live.ns, sys.executable, str(live.tmp / "client.py"), str(REPO),
+         "steady", "10.66.0.2", "9001", "300"], stdout=subprocess.PIPE, text=True)
+    try:
+        (old,) = live.client("flows", "10.66.0.2", 9000, 1, 1)[0][0]
+        os.kill(int(old), signal.SIGKILL)
+        live.wait_err("victim (pid", 5)
+        (new,) = live.client("flows", "10.66.0.2", 9000, 1, 1)[0][0]
+        assert new != old
+        out, _ = steady.communicate(timeout=20)
+    finally:
+        if steady.poll() is None:
+            steady.kill()
+    got = json.loads(out)
+    assert got["got"] == got["sent"] == 300, got
+    assert any(re.search(r"handler victim \(pid \d+\) killed by SIGKILL; restarted", line) for line in live.err)
+
+
+@pytest.mark.netns
+def test_syn_flood_is_survived_with_drops_counted(live):
+    assert live.client("flood", "10.66.0.2", 7000, 2000)["sent"] == 2000
+    r = live.run("curl", "-sS", "-m", "5", "http://10.66.0.2:7000/")
+    assert r.returncode == 0 and r.stdout.startswith("hello 10.66.0.1 from flood"), r.stderr
+
+
+@pytest.mark.netns
+def test_zz_interrupt_ends_cleanly_with_summary(live):
+    out = live.stop()
+    assert live.proc.returncode == 0, live.err
+    assert not any("Traceback" in line for line in live.err), live.err
+    m = re.search(r"rejected: \d+ \(rst (\d+), icmp-port-unreachable (\d+)", out)
+    assert m and int(m.group(1)) >= 4 and int(m.group(2)) >= 2, out
+    assert re.search(r"^  web pid 1000: [1-9]\d* packets", out, re.M), out
+    cookies = int(re.search(r"tcp: (\d+) SYN cookies sent", out).group(1))
+    dropped = int(re.search(r"^dropped: (\d+)", out, re.M).group(1))
+    assert cookies + dropped >= 2000 - 16, out
+    assert live.run("ip", "link", "show", "dmx0").returncode != 0    # the TUN went with demux

@@ -46,6 +46,7 @@ def run(args) -> int:
         d.run(args.duration)
     finally:
         d.shutdown()
+        summary = d.summary()        # before close: it reads the device's drop counter
         tun.close()
-    print(d.summary(), flush=True)
+    print(summary, flush=True)
     return 0
