@@ -24,6 +24,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPerror6
 
 from demux.kernel import tcp_states as ts
 from demux.live import packets as pk
+from demux.live.handlers import echo
 from demux.live.stack import COOKIE_MSS, Stack
 from demux.wire import parse
 from demux.wire.packet import ACK, FIN, PSH, RST, SYN
@@ -301,6 +302,102 @@ def test_stack_synack_retransmitted_then_given_up():
         t += 100.0
         sent += segs(app.stack.tick(t))
     assert [s.flags for s in sent] == [SYN | ACK] * 5 and not app.stack.conns and not app.stack.half_open
+
+
+# ---- the dispatcher over a socketpair (no namespace needed) ------------------------------
+
+def _slow(data, info):
+    time.sleep(0.05)
+    return data
+
+
+def _dispatch(scenario_text, handlers, queue, peer_job, limit=10.0):
+    """Run a Dispatcher in this thread while ``peer_job(peer)`` plays the network."""
+    from demux.kernel import Kernel
+    from demux.live.dispatcher import Dispatcher
+    from demux.live.tun import PairDevice
+    from demux.scenario import loads
+    k = Kernel.from_scenario(loads(scenario_text))
+    dev = PairDevice()
+    d = Dispatcher(k, dev, {p.name: handlers.get(p.name, echo) for p in k.procs}, queue)
+    result = {}
+
+    def job():
+        try:
+            result["value"] = peer_job(dev.peer)
+        finally:
+            d.stopping = True
+    d.start()
+    t = threading.Thread(target=job)
+    t.start()
+    try:
+        d.run(limit)
+    finally:
+        d.shutdown()
+        t.join(5)
+        dev.close()
+    return d, result.get("value")
+
+
+UDP_SCENARIO = """
+[host]
+addresses = ["10.66.0.2"]
+[[process]]
+name = "dns"
+sockets = [ { proto = "udp", bind = "0.0.0.0:53" } ]
+"""
+
+
+def _collect(peer, n, timeout=3.0):
+    peer.settimeout(timeout)
+    got = []
+    try:
+        while len(got) < n:
+            got.append(P(peer.recv(65536)))
+    except socket.timeout:
+        pass
+    return got
+
+
+def test_dispatcher_answers_udp_and_rejects_closed_port():
+    def peer_job(peer):
+        for i in range(3):
+            (raw,) = pk.udp_packets(B4, A4, 5000 + i, 53, b"q%d" % i)
+            peer.send(raw)
+        (raw,) = pk.udp_packets(B4, A4, 6000, 54, b"nobody")
+        peer.send(raw)
+        return _collect(peer, 4)
+    d, got = _dispatch(UDP_SCENARIO, {}, 16, peer_job)
+    answers = sorted((p.dport, bytes(p.data[p.payload_off:])) for p in got if p.proto == 17)
+    assert answers == [(5000, b"q0"), (5001, b"q1"), (5002, b"q2")]
+    (icmp,) = [p for p in got if p.proto == 1]
+    assert icmp.icmp_type == 3 and icmp.icmp_code == 3 and icmp.inner.dport == 54
+    assert d.rejected["icmp-port-unreachable"] == 1 and d.delivered[0][:2] == [3, 6]
+
+
+def test_dispatcher_full_handler_queue_drops_and_counts():
+    def peer_job(peer):
+        for i in range(30):
+            (raw,) = pk.udp_packets(B4, A4, 5000 + i, 53, b"x")
+            peer.send(raw)
+        return _collect(peer, 30, timeout=2.0)
+    d, got = _dispatch(UDP_SCENARIO, {"dns": _slow}, 2, peer_job)
+    dropped = d.dropped.get("handler queue full (dns pid 1000)", 0)
+    assert dropped > 0 and d.delivered[0][2] + dropped == 30 and len(got) == d.delivered[0][2]
+
+
+def test_live_errors_are_one_line(tmp_path, capsys):
+    from demux.cli import main
+    sc = tmp_path / "s.toml"
+    sc.write_text(UDP_SCENARIO)
+    assert main(["live", "--tun", "dmx0", "-s", str(sc), "--handlers", str(tmp_path / "nope.py")]) == 2
+    assert capsys.readouterr().err == f"demux live: {tmp_path / 'nope.py'}: no such handler module\n"
+    (tmp_path / "h.py").write_text("def other(data, info):\n    return data\n")
+    assert main(["live", "--tun", "dmx0", "-s", str(sc), "--handlers", str(tmp_path / "h.py")]) == 2
+    assert "no function 'dns' (nor 'default')" in capsys.readouterr().err
+    assert main(["live", "--tun", "x" * 20, "-s", str(sc)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["live", "--tun", "dmx0", "-s", str(tmp_path / "missing.toml")]) == 2
 
 
 # ---- the whole command in a network namespace ---------------------------------------------

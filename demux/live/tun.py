@@ -162,11 +162,16 @@ class PairDevice:
             return None
 
     def write(self, packet: bytes) -> bool:
-        try:
-            self.sock.send(packet)
-            return True
-        except (BlockingIOError, InterruptedError):
-            return False
+        # A TUN write never waits; a socketpair can be full (net.unix.max_dgram_qlen):
+        # wait a little for the test's reader rather than lose the packet.
+        import select
+        for _ in range(2):
+            try:
+                self.sock.send(packet)
+                return True
+            except (BlockingIOError, InterruptedError):
+                select.select([], [self.sock], [], 1.0)
+        return False
 
     def close(self) -> None:
         self.sock.close()
