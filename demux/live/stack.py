@@ -29,6 +29,7 @@ does what that socket's TCP does with it:
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 
 from demux.kernel import tcp_states as ts
@@ -104,7 +105,9 @@ class Stack:
         self.secret = secret if secret is not None else os.urandom(16)
         self.conns: dict[tuple, Conn] = {}
         self.half_open: dict[object, int] = {}                  # listener -> SYN-RECV count
-        self.timed: set[Conn] = set()                           # connections with a timer
+        # (due time, conn id, conn): a lazy heap; an entry whose conn has moved on is
+        # skipped when it comes up, so arming a timer never searches.
+        self.timers: list[tuple[float, int, Conn]] = []
         self._next_id = 1
         self.stats = {"syncookies_sent": 0, "syncookies_ok": 0, "syncookies_bad": 0,
                       "rcvq_drops": 0, "dup_acks": 0, "retransmits": 0, "timeouts": 0}
@@ -141,13 +144,15 @@ class Stack:
     def _arm(self, c: Conn, now: float) -> None:
         if not c.deadline:
             c.deadline = now + c.rto
-        self.timed.add(c)
+            self._at(c, c.deadline)
+
+    def _at(self, c: Conn, t: float) -> None:
+        heapq.heappush(self.timers, (t, c.id, c))
 
     def _remove(self, c: Conn, why: str) -> None:
         if self.conns.get(c.key) is c:
             del self.conns[c.key]
         self._leave_half_open(c)
-        self.timed.discard(c)
         c.state = ts.CLOSE
         self.on_gone(c, why)
 
@@ -257,19 +262,20 @@ class Stack:
             c.retries = 0
             c.rto = TCP_RTO_MIN
             self._leave_half_open(c)
-            self.timed.discard(c)
         elif seq_lt(c.snd_una, ack) and seq_le(ack, c.snd_nxt):
             n = (ack - c.snd_una) & M32
             del c.unacked[:n]
             c.snd_una = ack
             c.retries = 0
             c.rto = TCP_RTO_MIN
-            c.deadline = now + c.rto if c.snd_una != c.snd_nxt else 0.0
+            c.deadline = 0.0
+            if c.snd_una != c.snd_nxt:
+                self._arm(c, now)
             if c.fin_seq is not None and ack == ((c.fin_seq + 1) & M32):
                 if c.state == ts.FIN_WAIT_1:
                     c.state = ts.FIN_WAIT_2
                     c.expire = now + TCP_FIN_TIMEOUT
-                    self.timed.add(c)
+                    self._at(c, c.expire)
                 elif c.state == ts.CLOSING:
                     self._time_wait(c, now)
                 elif c.state == ts.LAST_ACK:
@@ -318,7 +324,7 @@ class Stack:
         c.state = ts.TIME_WAIT
         c.deadline = 0.0
         c.expire = now + ts.TIME_WAIT_SECONDS
-        self.timed.add(c)
+        self._at(c, c.expire)
 
     def timewait_ack(self, p) -> list[bytes]:
         """The kernel dropped a segment for a TIME-WAIT socket and answers it with an
@@ -378,19 +384,21 @@ class Stack:
     # ---- time ------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        times = [t for c in self.timed for t in (c.deadline, c.expire) if t]
-        return min(times) if times else None
+        """When ``tick`` may have work (possibly early, never late)."""
+        return self.timers[0][0] if self.timers else None
 
     def tick(self, now: float) -> list[bytes]:
         """Retransmissions due and connections whose time is up."""
         out: list[bytes] = []
-        for c in list(self.timed):
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            c = heapq.heappop(timers)[2]
+            if c.state == ts.CLOSE:
+                continue
             if c.expire and now >= c.expire and c.state in (ts.TIME_WAIT, ts.FIN_WAIT_2):
                 self._remove(c, "TIME-WAIT ended" if c.state == ts.TIME_WAIT else "FIN-WAIT-2 timeout")
                 continue
             if not c.deadline or now < c.deadline:
-                if not c.deadline and not c.expire:
-                    self.timed.discard(c)
                 continue
             limit = TCP_SYNACK_RETRIES if c.state == ts.SYN_RECV else TCP_RETRIES2
             if c.retries >= limit:
@@ -401,6 +409,7 @@ class Stack:
             self.stats["retransmits"] += 1
             c.rto = min(c.rto * 2, TCP_RTO_MAX)
             c.deadline = now + c.rto
+            self._at(c, c.deadline)
             if c.state == ts.SYN_RECV:
                 out.append(self._synack(c))
             elif c.unacked:
