@@ -122,10 +122,11 @@ def test_rst_for_segment_with_ack_takes_its_ack_as_seq():
 @pytest.mark.parametrize("flags,plen,want_ack", [(SYN, 0, 1001), (SYN, 5, 1006), (FIN, 0, 1001),
                                                  (SYN | FIN, 3, 1005), (0, 7, 1007)])
 def test_rst_for_segment_without_ack_acknowledges_it(flags, plen, want_ack):
-    p = client(A6 and B6, A6, 40000, 81, 1000, 0, flags, b"z" * plen)
+    p = client(B6, A6, 40000, 81, 1000, 0, flags, b"z" * plen)
     s = IPv6(pk.tcp_reset(p))
     assert bytes(rechecked(s)) == bytes(s)
     assert s[TCP].flags == "RA" and s[TCP].seq == 0 and s[TCP].ack == want_ack
+    assert s[IPv6].hlim == 64 and s[IPv6].tc == 0 and s[IPv6].fl == pk.flow_label(A6, B6, 81, 40000) != 0
 
 
 def test_rst_never_answers_rst():
@@ -711,3 +712,69 @@ def test_zz_interrupt_ends_cleanly_with_summary(live):
     dropped = int(re.search(r"^dropped: (\d+)", out, re.M).group(1))
     assert cookies + dropped >= 2000 - 16, out
     assert live.run("ip", "link", "show", "dmx0").returncode != 0    # the TUN went with demux
+
+
+@pytest.mark.netns
+def test_rst_and_icmp_match_the_real_kernel_byte_for_byte(netns_available, tmp_path):
+    """Two namespaces joined by a veth pair: a client meets closed ports on the real
+    kernel; demux's RST and ICMP for the same probes must be the kernel's bytes (but
+    the ICMP's IP ID and the IPv6 flow label, which come from boot-seeded hashes)."""
+    a, b = f"dmx-rk-{uuid.uuid4().hex[:6]}", f"dmx-rk-{uuid.uuid4().hex[:6]}"
+    pcap = tmp_path / "real.pcap"
+    dump = None
+    try:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+        sh = [["ip", "link", "add", "vA", "netns", a, "type", "veth", "peer", "name", "vB", "netns", b],
+              ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", "vA"],
+              ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", "vB"],
+              ["ip", "-n", a, "addr", "add", "fd77::1/64", "dev", "vA", "nodad"],
+              ["ip", "-n", b, "addr", "add", "fd77::2/64", "dev", "vB", "nodad"],
+              ["ip", "-n", a, "link", "set", "vA", "up"], ["ip", "-n", b, "link", "set", "vB", "up"]]
+        for cmd in sh:
+            subprocess.run(cmd, check=True, timeout=10)
+        probe = ("import socket\n"
+                 "for h in ('10.77.0.2', 'fd77::2'):\n"
+                 "    f = socket.AF_INET6 if ':' in h else socket.AF_INET\n"
+                 "    s = socket.socket(f); s.settimeout(2)\n"
+                 "    try: s.connect((h, 81))\n"
+                 "    except OSError: pass\n"
+                 "    u = socket.socket(f, socket.SOCK_DGRAM); u.settimeout(2); u.connect((h, 54))\n"
+                 "    u.send(b'x' * 30)\n"
+                 "    try: u.recv(10)\n"
+                 "    except OSError: pass\n")
+        _ns(a, sys.executable, "-c", probe, timeout=15)        # warms up ARP and ND
+        dump = subprocess.Popen(["ip", "netns", "exec", a, "tcpdump", "-i", "vA", "-U", "--immediate-mode", "-w", str(pcap)],
+                                stderr=subprocess.PIPE, text=True)
+        assert "listening" in dump.stderr.readline()
+        _ns(a, sys.executable, "-c", probe, timeout=15)
+        time.sleep(0.3)
+    finally:
+        if dump is not None:
+            dump.terminate()
+            dump.wait(timeout=5)
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+    from scapy.utils import rdpcap
+    frames = [parse(i, 0.0, 101, bytes(f)[14:]) for i, f in enumerate(rdpcap(str(pcap)))]
+    frames = [f for f in frames if f.family and f.proto in (1, 6, 17, 58)]
+    checked = 0
+    for i, answer in enumerate(frames):
+        if not ((answer.proto == 6 and answer.flags & RST) or (answer.proto in (1, 58) and answer.icmp_type in (1, 3))):
+            continue
+        probe_pkt = next(f for f in reversed(frames[:i])
+                         if f.proto in (6, 17) and f.src == answer.dst and f.dst == answer.src)
+        real = bytes(answer.data)
+        if answer.proto == 6:
+            ours = pk.tcp_reset(probe_pkt)
+        else:
+            ours = pk.icmp_port_unreachable(probe_pkt, int.from_bytes(real[4:6], "big"))
+        if answer.family == 6:
+            # The flow label is hashed with a boot-time seed; the TCP checksum on the
+            # sending veth is left to offload (CHECKSUM_PARTIAL), so compare the rest.
+            real, ours = real[4:], ours[4:]
+            if answer.proto == 6:
+                real, ours = real[:52] + real[54:], ours[:52] + ours[54:]
+        assert ours == real, (answer.proto, answer.family)
+        checked += 1
+    assert checked == 4

@@ -163,7 +163,13 @@ class Dispatcher:
             if frame is None:
                 break
             n += 1
-            self.handle(frame, now)
+            try:
+                self.handle(frame, now)
+            except Exception as err:     # one bad packet must not end the host: count, say once
+                key = f"internal error: {type(err).__name__}: {err}"
+                if key not in self.dropped:
+                    print(f"demux live: packet {self.n_in}: {key}", file=self.out, flush=True)
+                self.dropped[key] = self.dropped.get(key, 0) + 1
         for w in self.workers:
             if w.pending:
                 w.flush()

@@ -10,6 +10,7 @@ function it comes from.
 from __future__ import annotations
 
 import struct
+import zlib
 
 from demux.wire.packet import ACK, FIN, RST, SYN, TCP, UDP
 
@@ -65,6 +66,14 @@ def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int =
     return hdr[:10] + checksum(hdr).to_bytes(2, "big") + hdr[12:]
 
 
+def flow_label(src: bytes, dst: bytes, sport: int = 0, dport: int = 0) -> int:
+    """The IPv6 flow label Linux gives a flow: ``ip6_make_flowlabel`` with
+    net.ipv6.auto_flowlabels=1 takes 20 bits of the flow's hash (never 0). The kernel's
+    hash is seeded at boot, so only the property "one flow, one non-zero label" holds."""
+    h = zlib.crc32(src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")) & 0xFFFFF
+    return h or 1
+
+
 def ipv6_header(src: bytes, dst: bytes, nxt: int, payload_len: int, hlim: int = DEFAULT_TTL,
                 tclass: int = 0, flow: int = 0) -> bytes:
     return _IP6.pack((6 << 28) | (tclass << 20) | flow, payload_len, nxt, hlim, src, dst)
@@ -83,7 +92,7 @@ def tcp_packet(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: in
     seg = seg[:16] + csum.to_bytes(2, "big") + seg[18:]
     if len(src) == 4:
         return ipv4_header(src, dst, TCP, len(seg), ttl, ident) + seg
-    return ipv6_header(src, dst, TCP, len(seg), ttl) + seg
+    return ipv6_header(src, dst, TCP, len(seg), ttl, flow=flow_label(src, dst, sport, dport)) + seg
 
 
 def mss_option(mss: int) -> bytes:
@@ -112,7 +121,7 @@ def udp_packets(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes,
             return [ipv4_header(src, dst, UDP, len(seg)) + seg]
         return fragment4(src, dst, UDP, seg, mtu, ident)
     if 40 + len(seg) <= mtu:
-        return [ipv6_header(src, dst, UDP, len(seg)) + seg]
+        return [ipv6_header(src, dst, UDP, len(seg), flow=flow_label(src, dst, sport, dport)) + seg]
     return fragment6(src, dst, UDP, seg, mtu, ident)
 
 
@@ -136,7 +145,7 @@ def fragment6(src: bytes, dst: bytes, nxt: int, body: bytes, mtu: int, ident: in
         piece = body[off:off + step]
         more = 1 if off + step < len(body) else 0
         fh = _FRAG6.pack(nxt, 0, off | more, ident & 0xFFFFFFFF)
-        out.append(ipv6_header(src, dst, FRAGMENT6, 8 + len(piece)) + fh + piece)
+        out.append(ipv6_header(src, dst, FRAGMENT6, 8 + len(piece), flow=flow_label(src, dst)) + fh + piece)
     return out
 
 
@@ -148,7 +157,8 @@ def tcp_reset(p) -> bytes | None:
     ACK field and carries no ACK; else it has sequence 0 and acknowledges everything the
     segment occupied (SYN and FIN count one each). Window 0, no options. IPv4: DF and IP
     ID 0 (the per-netns control socket has IP_PMTUDISC_DO and no peer); TTL 64.
-    IPv6: hop limit 64, flow label 0 (net.ipv6.flowlabel_reflect=0).
+    IPv6: hop limit 64, traffic class 0, the automatic flow label (``flow_label``).
+    Checked byte for byte against the kernel's own RST (IPv6: but the label's seed).
     """
     if p.flags & RST:
         return None
@@ -170,7 +180,9 @@ def icmp_port_unreachable(p, ident: int = 0) -> bytes:
     It comes from the address the datagram was sent to and quotes the datagram from its
     IP header on, cut to 576 bytes in all for IPv4 and to 1280 for IPv6. IPv4: type 3
     code 3, TOS = the datagram's TOS bits | IPTOS_PREC_INTERNETCONTROL, no DF (the ICMP
-    socket has IP_PMTUDISC_DONT), TTL 64. IPv6: type 1 code 4, hop limit 64.
+    socket has IP_PMTUDISC_DONT), TTL 64. IPv6: type 1 code 4, hop limit 64, the
+    automatic flow label. Checked against the kernel's own (IPv4: but the IP ID, which
+    ``__ip_select_ident`` hashes; IPv6: but the label's seed).
     """
     data = p.data[p.l3_off:]
     if p.family == 4:
@@ -185,7 +197,7 @@ def icmp_port_unreachable(p, ident: int = 0) -> bytes:
     body = _ICMP.pack(1, 4, 0, 0) + quote
     csum = checksum(body, _pseudo(p.dst, p.src, ICMPV6, len(body)))
     body = body[:2] + csum.to_bytes(2, "big") + body[4:]
-    return ipv6_header(p.dst, p.src, ICMPV6, len(body)) + body
+    return ipv6_header(p.dst, p.src, ICMPV6, len(body), flow=flow_label(p.dst, p.src)) + body
 
 
 class IcmpRateLimit:
