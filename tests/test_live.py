@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
