@@ -58,6 +58,8 @@ CTL_FD = 250            # where a child's control pipe lives, out of the way of 
 PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 _count = [0]
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)      # Python 3.11 lacks the name (linux/in.h)
+_PKTINFO = {(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)}
 
 # Kernel defaults the rate-limit comparison relies on (checked, never written). On 6.18
 # the IPv6 one is 100 ms, not 1000, and icmpv6_xrlim_allow divides it further by 4 for a
@@ -184,6 +186,13 @@ def _host_factory(ctl: Connection):
             s.close()
             return {"call": call, "result": _errname(e), "local": None, "fd": fd}
         s.setblocking(False)
+        if spec.proto == "udp":
+            # Answer from the address the datagram was sent to, not the one routing
+            # picks (10.9.0.1 for a datagram to 10.9.0.3), as a real UDP server must.
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         socks[si] = s
         kinds[si] = ("listen" if spec.listen else "other") if spec.proto == "tcp" else "udp"
         peer = None
@@ -224,10 +233,12 @@ def _host_factory(ctl: Connection):
                             events.append(rec)
                             p.register(c, select.POLLIN)
                         else:
-                            data, peer = s.recvfrom(65536)
+                            data, anc, _, peer = s.recvmsg(65536, 256)
                             events.append(["udp", si, tuple(peer[:2]), data])
                             if echo:
-                                s.sendto(data, peer)
+                                # the pktinfo as received names the destination address,
+                                # which sendmsg takes as the source (v4-mapped included)
+                                s.sendmsg([data], [a for a in anc if a[:2] in _PKTINFO], 0, peer)
                     except (BlockingIOError, InterruptedError):
                         pass
                     except OSError as e:
