@@ -1,0 +1,47 @@
+"""The batch replay engine (SPEC §3 at capture scale): the same record for every packet as
+``demux.engine``, from numba-compiled passes over the capture's bytes.
+
+``replay_batch`` is what ``demux replay --engine batch`` calls; ``usable`` says whether
+a replay can take the batch path (jsonl or summary output of a capture file). numba is
+imported only when a replay runs, never when this package is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def usable(args) -> bool:
+    """Can ``demux replay`` with these arguments run on the batch engine?"""
+    if args.capture == "-" or not os.path.isfile(args.capture):
+        return False
+    if getattr(args, "split", None) or getattr(args, "annotate", None):
+        return False
+    return bool(args.summary) or args.format == "jsonl"
+
+
+def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None):
+    """Replay ``capture_path``; jsonl lines go to the binary stream ``jsonl_out`` (None:
+    count only). Returns (Summary, warning or None), as the reference loop ends with."""
+    from demux.batch.engine import BatchEngine
+    eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers)
+    return eng.run(capture_path)
+
+
+def reference_jsonl(capture_path: str, scenario, seed: int = 0, out=None):
+    """The reference engine's jsonl bytes and Summary, for comparisons and benchmarks."""
+    import json
+
+    from demux.capture import open_capture
+    from demux.engine import Engine
+    from demux.render.summary import Summary
+    enc = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
+    summ = Summary(scenario)
+    eng = Engine(scenario, seed)
+    with open_capture(capture_path) as reader:
+        for frame in reader:
+            rec = eng.feed(frame)
+            summ.add(rec)
+            if out is not None:
+                out.write((enc(rec.as_dict()) + "\n").encode())
+        return summ, reader.warning

@@ -1,0 +1,545 @@
+"""The numba-compiled loops of the batch engine: record walk, header parse, flow cache, jsonl.
+
+Imported only by ``demux.batch.engine`` (numba costs a second to import, so nothing the
+CLI loads at start-up imports this). Every function here works on plain numpy arrays:
+
+- ``walk``: pcap records or pcapng blocks of a byte buffer -> frame columns;
+- ``parse``: the common frames (Ethernet/VLAN, SLL, SLL2, raw IP, NULL/LOOP; IPv4
+  without options or fragments, IPv6 without extension headers; TCP or UDP with lengths
+  that agree) -> address, port, flag, sequence, length columns. Anything else is left
+  for ``demux.wire.parse`` (column KIND = SLOW);
+- ``run``: the sequential pass: flow lookup and, for a packet whose flow holds a cached
+  verdict still valid, that verdict; it stops at the first packet that needs the
+  reference kernel and returns its index;
+- ``jsonl``: the per-packet lines of the fast packets from byte templates.
+
+The rules for what may be cached live in ``demux.batch.engine``; this module only
+applies them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# -- frame/packet columns (rows of the int64 array C[NCOL, K]) --------------------------
+N, TS, OFF, CAP, ORIG, IFID, LT = 0, 1, 2, 3, 4, 5, 6
+KIND, FAM, PROTO, SA_HI, SA_LO, DA_HI, DA_LO, SPORT, DPORT = 7, 8, 9, 10, 11, 12, 13, 14, 15
+FLAGS, SEQ, ACK, TSVAL, PLEN, BCAST = 16, 17, 18, 19, 20, 21
+VID, FLOW, DIR = 22, 23, 24
+NCOL = 25
+SLOW, FAST = 0, 1
+
+# -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
+F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY = 0, 2, 4, 6, 8, 10   # +dir (0/1)
+F_USED = 12
+NFS = 13
+STAMP_FOREVER = -2
+
+# -- scalars sc[] -----------------------------------------------------------------------
+S_GEN_TCP, S_GEN_UDP, S_EVENT_NS, S_NFLOWS, S_MASK, S_SLOW_FLOW, S_SLOW_DIR = 0, 1, 2, 3, 4, 5, 6
+NSC = 8
+
+# -- walk result codes ------------------------------------------------------------------
+W_MORE, W_BLOCK, W_DAMAGE, W_FULL, W_UNSUPPORTED = 1, 2, 3, 4, 5
+
+# interface table rows ifs[IFCAP, 7]: linktype, mul, div, off_ns, limit, ok, snaplen
+I_LT, I_MUL, I_DIV, I_OFF, I_LIMIT, I_OK, I_SNAP = 0, 1, 2, 3, 4, 5, 6
+
+
+@njit(cache=True, inline="always")
+def _u16be(b, i):
+    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+
+
+@njit(cache=True, inline="always")
+def _u32be(b, i):
+    return (np.int64(b[i]) << 24) | (np.int64(b[i + 1]) << 16) | (np.int64(b[i + 2]) << 8) | np.int64(b[i + 3])
+
+
+@njit(cache=True, inline="always")
+def _u32(b, i, le):
+    if le:
+        return (np.int64(b[i + 3]) << 24) | (np.int64(b[i + 2]) << 16) | (np.int64(b[i + 1]) << 8) | np.int64(b[i])
+    return _u32be(b, i)
+
+
+@njit(cache=True, inline="always")
+def _u16(b, i, le):
+    if le:
+        return (np.int64(b[i + 1]) << 8) | np.int64(b[i])
+    return _u16be(b, i)
+
+
+@njit(cache=True, inline="always")
+def _u64be(b, i):
+    v = np.int64(0)
+    for j in range(8):
+        v = (v << 8) | np.int64(b[i + j])
+    return v
+
+
+@njit(cache=True)
+def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
+    """Frames from ``buf[pos:end]`` into ``C`` until the buffer, ``kmax`` or a block the
+    Python side must read. Returns (pos, frames written, code, last_ns)."""
+    k = 0
+    while True:
+        if k >= kmax:
+            return pos, k, W_FULL, last_ns
+        if fmt == 0:
+            if pos + 16 > end:
+                return pos, k, W_MORE, last_ns
+            sec = _u32(buf, pos, le)
+            frac = _u32(buf, pos + 4, le)
+            caplen = _u32(buf, pos + 8, le)
+            orig = _u32(buf, pos + 12, le)
+            if caplen > ifs[0, I_LIMIT]:
+                return pos, k, W_DAMAGE, last_ns
+            if pos + 16 + caplen > end:
+                return pos, k, W_MORE, last_ns
+            C[N, k] = n0 + k + 1
+            C[TS, k] = sec * 1000000000 + frac * ifs[0, I_MUL]
+            C[OFF, k] = pos + 16
+            C[CAP, k] = caplen
+            C[ORIG, k] = orig
+            C[IFID, k] = -1
+            C[LT, k] = ifs[0, I_LT]
+            k += 1
+            pos += 16 + caplen
+            continue
+        # pcapng
+        if pos + 12 > end:
+            return pos, k, W_MORE, last_ns
+        btype = _u32(buf, pos, le)
+        if btype == 0x0A0D0D0A or btype == 1:
+            return pos, k, W_BLOCK, last_ns
+        blen = _u32(buf, pos + 4, le)
+        if blen < 12 or blen & 3 or blen > 16 * 1024 * 1024:
+            return pos, k, W_DAMAGE, last_ns
+        nxt = pos + blen
+        if nxt > end:
+            return pos, k, W_MORE, last_ns
+        if _u32(buf, nxt - 4, le) != blen:
+            return pos, k, W_DAMAGE, last_ns
+        if btype == 6 or btype == 2:
+            if blen < 32:
+                return pos, k, W_DAMAGE, last_ns
+            if btype == 6:
+                ifid = _u32(buf, pos + 8, le)
+                hi = _u32(buf, pos + 12, le)
+                lo = _u32(buf, pos + 16, le)
+            else:
+                ifid = _u16(buf, pos + 8, le)
+                hi = _u32(buf, pos + 12, le)
+                lo = _u32(buf, pos + 16, le)
+            caplen = _u32(buf, pos + 20, le)
+            orig = _u32(buf, pos + 24, le)
+            if ifid >= nifs:
+                return pos, k, W_DAMAGE, last_ns
+            if caplen > ifs[ifid, I_LIMIT] or 32 + caplen > blen:
+                return pos, k, W_DAMAGE, last_ns
+            if ifs[ifid, I_OK] == 0:
+                return pos, k, W_UNSUPPORTED, last_ns
+            if ifs[ifid, I_DIV] != 1 or hi >= (1 << 30) // max(ifs[ifid, I_MUL], 1):
+                # Ticks times the multiplier could overflow 64 bits: Python's ints do it.
+                return pos, k, W_UNSUPPORTED, last_ns
+            ns = ((hi << 32) | lo) * ifs[ifid, I_MUL] + ifs[ifid, I_OFF]
+            last_ns = ns
+            C[N, k] = n0 + k + 1
+            C[TS, k] = ns
+            C[OFF, k] = pos + 28
+            C[CAP, k] = caplen
+            C[ORIG, k] = orig
+            C[IFID, k] = ifid
+            C[LT, k] = ifs[ifid, I_LT]
+            k += 1
+        elif btype == 3:
+            if blen < 16:
+                return pos, k, W_DAMAGE, last_ns
+            if nifs == 0:
+                return pos, k, W_DAMAGE, last_ns
+            orig = _u32(buf, pos + 8, le)
+            caplen = min(orig, blen - 16)
+            if ifs[0, I_SNAP]:
+                caplen = min(caplen, ifs[0, I_SNAP])
+            if ifs[0, I_OK] == 0:
+                return pos, k, W_UNSUPPORTED, last_ns
+            C[N, k] = n0 + k + 1
+            C[TS, k] = last_ns
+            C[OFF, k] = pos + 12
+            C[CAP, k] = caplen
+            C[ORIG, k] = orig
+            C[IFID, k] = 0
+            C[LT, k] = ifs[0, I_LT]
+            k += 1
+        pos = nxt
+
+
+@njit(cache=True)
+def _tcp_tsval(b, i, end):
+    """demux.wire.parser._tcp_options, for the timestamp value only (-1: none)."""
+    ts = np.int64(-1)
+    while i < end:
+        kind = b[i]
+        if kind == 0:
+            return ts
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end:
+            return ts
+        size = np.int64(b[i + 1])
+        if size < 2 or i + size > end:
+            return ts
+        if kind == 8 and size == 10:
+            ts = _u32be(b, i + 2)
+        i += size
+    return ts
+
+
+@njit(cache=True)
+def parse(buf, C, k):
+    """Fill the packet columns of frames 0..k; KIND says whether the fast fields hold."""
+    for i in range(k):
+        C[KIND, i] = SLOW
+        C[VID, i] = -1
+        C[FLOW, i] = -1
+        off = C[OFF, i]
+        dlen = C[CAP, i]
+        end_f = off + dlen
+        lt = C[LT, i]
+        bcast = 0
+        et = np.int64(-1)
+        o = off
+        if lt == 1:
+            if dlen < 14:
+                continue
+            bcast = buf[off] & 1
+            et = _u16be(buf, off + 12)
+            o = off + 14
+        elif lt == 113:
+            if dlen < 16:
+                continue
+            pt = _u16be(buf, off)
+            bcast = 1 if (pt == 1 or pt == 2) else 0
+            et = _u16be(buf, off + 14)
+            o = off + 16
+        elif lt == 276:
+            if dlen < 20:
+                continue
+            pt = buf[off + 10]
+            bcast = 1 if (pt == 1 or pt == 2) else 0
+            et = _u16be(buf, off)
+            o = off + 20
+        elif lt == 101 or lt == 12 or lt == 14:
+            if dlen < 1:
+                continue
+            v = buf[off] >> 4
+            et = 0x0800 if v == 4 else (0x86DD if v == 6 else -1)
+        elif lt == 228:
+            et = 0x0800
+        elif lt == 229:
+            et = 0x86DD
+        elif lt == 0 or lt == 108:
+            if dlen < 4:
+                continue
+            be = _u32be(buf, off)
+            le = _u32(buf, off, True)
+            if be == 2 or le == 2:
+                et = 0x0800
+            elif be in (10, 24, 28, 30) or le in (10, 24, 28, 30):
+                et = 0x86DD
+            o = off + 4
+        else:
+            continue
+        if lt == 1 or lt == 113 or lt == 276:
+            while et == 0x8100 or et == 0x88A8 or et == 0x9100:
+                if end_f - o < 4:
+                    et = -2
+                    break
+                et = _u16be(buf, o + 2)
+                o += 4
+        orig_end = off + C[ORIG, i]
+        if et == 0x0800:
+            if end_f - o < 20:
+                continue
+            vhl = buf[o]
+            if vhl != 0x45:
+                continue
+            tot = _u16be(buf, o + 2)
+            if tot < 20:
+                continue
+            if tot > end_f - o and tot > orig_end - o:
+                continue
+            if _u16be(buf, o + 6) & 0x3FFF:
+                continue
+            proto = np.int64(buf[o + 9])
+            sa_hi = np.int64(0)
+            da_hi = np.int64(0)
+            sa_lo = _u32be(buf, o + 12)
+            da_lo = _u32be(buf, o + 16)
+            l4 = o + 20
+            ip_end = o + tot
+            fam = 4
+        elif et == 0x86DD:
+            if end_f - o < 40:
+                continue
+            if buf[o] >> 4 != 6:
+                continue
+            plen = _u16be(buf, o + 4)
+            ip_end = o + 40 + plen
+            if ip_end > end_f and ip_end > orig_end:
+                continue
+            proto = np.int64(buf[o + 6])
+            sa_hi = _u64be(buf, o + 8)
+            sa_lo = _u64be(buf, o + 16)
+            da_hi = _u64be(buf, o + 24)
+            da_lo = _u64be(buf, o + 32)
+            l4 = o + 40
+            fam = 6
+        else:
+            continue
+        seg = ip_end - l4
+        have = (ip_end if ip_end < end_f else end_f) - l4
+        if proto == 6:
+            if have < 20:
+                continue
+            hl = (np.int64(buf[l4 + 12]) >> 4) * 4
+            if hl < 20 or hl > have:
+                continue
+            C[FLAGS, i] = buf[l4 + 13]
+            C[SEQ, i] = _u32be(buf, l4 + 4)
+            C[ACK, i] = _u32be(buf, l4 + 8)
+            C[TSVAL, i] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
+            C[PLEN, i] = seg - hl
+        elif proto == 17:
+            if have < 8:
+                continue
+            ulen = _u16be(buf, l4 + 4)
+            if ulen < 8 or ulen > seg:
+                continue
+            C[FLAGS, i] = 0
+            C[SEQ, i] = 0
+            C[ACK, i] = 0
+            C[TSVAL, i] = -1
+            C[PLEN, i] = ulen - 8
+        else:
+            continue
+        C[KIND, i] = FAST
+        C[FAM, i] = fam
+        C[PROTO, i] = proto
+        C[SA_HI, i] = sa_hi
+        C[SA_LO, i] = sa_lo
+        C[DA_HI, i] = da_hi
+        C[DA_LO, i] = da_lo
+        C[SPORT, i] = _u16be(buf, l4)
+        C[DPORT, i] = _u16be(buf, l4 + 2)
+        C[BCAST, i] = bcast
+
+
+@njit(cache=True, inline="always")
+def _mix(h, v):
+    h ^= v
+    h *= np.int64(-7046029254386353131)     # 0x9E3779B97F4A7C15, splitmix64-style
+    return h ^ ((h >> 29) & 0x7FFFFFFFF)
+
+
+@njit(cache=True)
+def _flow(C, i, fkey, fst, sc):
+    """(slot, direction of travel) of packet i's flow; inserts it if new; -1 when full."""
+    a_hi, a_lo, b_hi, b_lo = C[SA_HI, i], C[SA_LO, i], C[DA_HI, i], C[DA_LO, i]
+    ap, bp = C[SPORT, i], C[DPORT, i]
+    d = 0
+    if (a_hi > b_hi) or (a_hi == b_hi and (a_lo > b_lo or (a_lo == b_lo and ap > bp))):
+        a_hi, a_lo, b_hi, b_lo, ap, bp = b_hi, b_lo, a_hi, a_lo, bp, ap
+        d = 1
+    proto = C[PROTO, i]
+    meta = ap | (bp << 16) | (proto << 32) | (C[FAM, i] << 40)
+    if proto == 17:
+        # A datagram's socket may depend on the interface (SO_BINDTODEVICE) and on a
+        # link-layer broadcast: both are part of a UDP flow; a TCP connection is its 4-tuple.
+        meta |= ((C[IFID, i] + 1) & 0xFFF) << 44
+        meta |= C[BCAST, i] << 56
+    h = _mix(_mix(_mix(_mix(_mix(np.int64(0x1234567), a_hi), a_lo), b_hi), b_lo), meta)
+    mask = sc[S_MASK]
+    s = h & mask
+    while True:
+        if fst[s, F_USED] == 0:
+            if sc[S_NFLOWS] * 2 >= mask:
+                return -1, d
+            fst[s, F_USED] = 1
+            fkey[s, 0], fkey[s, 1], fkey[s, 2], fkey[s, 3], fkey[s, 4] = a_hi, a_lo, b_hi, b_lo, meta
+            fst[s, F_VID] = -1
+            fst[s, F_VID + 1] = -1
+            fst[s, F_SHADOW] = 0
+            fst[s, F_SHADOW + 1] = 0
+            fst[s, F_DIRTY] = 0
+            fst[s, F_DIRTY + 1] = 0
+            sc[S_NFLOWS] += 1
+            return s, d
+        if (fkey[s, 4] == meta and fkey[s, 1] == a_lo and fkey[s, 3] == b_lo
+                and fkey[s, 0] == a_hi and fkey[s, 2] == b_hi):
+            return s, d
+        s = (s + 1) & mask
+
+
+@njit(cache=True)
+def run(C, fkey, fst, vc, sc, start, k):
+    """Packets start..k that copy their flow's cached verdict; stops at the first that
+    needs the kernel and returns its index (k when none does). The flow and direction
+    of that packet are left in sc[S_SLOW_FLOW], sc[S_SLOW_DIR] (-1: not parsed here)."""
+    gen_tcp = sc[S_GEN_TCP]
+    gen_udp = sc[S_GEN_UDP]
+    ev = sc[S_EVENT_NS]
+    for i in range(start, k):
+        sc[S_SLOW_FLOW] = -1
+        if C[TS, i] >= ev or C[KIND, i] != FAST:
+            return i
+        s, d = _flow(C, i, fkey, fst, sc)
+        if s < 0:
+            return i
+        C[FLOW, i] = s
+        C[DIR, i] = d
+        sc[S_SLOW_FLOW] = s
+        sc[S_SLOW_DIR] = d
+        v = fst[s, F_VID + d]
+        if v < 0:
+            return i
+        st = fst[s, F_STAMP + d]
+        proto = C[PROTO, i]
+        if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
+            return i
+        if proto == 6:
+            fl = C[FLAGS, i]
+            if fl & 0x07:           # SYN, FIN or RST: the state machine moves
+                return i
+            if fst[s, F_SHADOW + d]:
+                # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
+                end = (C[SEQ, i] + C[PLEN, i]) & 0xFFFFFFFF
+                r = fst[s, F_RCV + d]
+                diff = (end - r) & 0xFFFFFFFF
+                if r == 0 or (diff != 0 and diff < 0x80000000):
+                    fst[s, F_RCV + d] = end
+                if C[TSVAL, i] >= 0:
+                    fst[s, F_TSV + d] = C[TSVAL, i]
+                fst[s, F_DIRTY + d] = 1
+        C[VID, i] = v
+        vc[v, 0] += 1
+        vc[v, 1] += C[PLEN, i]
+        if vc[v, 2] < 0:
+            vc[v, 2] = C[N, i]
+    sc[S_SLOW_FLOW] = -1
+    return k
+
+
+@njit(cache=True)
+def count_only(C, vc, k):
+    """Fold the verdict ids of frames 0..k into vc (used after a replay with no run)."""
+    for i in range(k):
+        v = C[VID, i]
+        if v >= 0:
+            vc[v, 0] += 1
+            vc[v, 1] += C[PLEN, i]
+
+
+@njit(cache=True, inline="always")
+def _put(out, o, src, a, n):
+    for j in range(n):
+        out[o + j] = src[a + j]
+    return o + n
+
+
+@njit(cache=True, inline="always")
+def _itoa(out, o, v):
+    if v < 0:
+        out[o] = 45
+        o += 1
+        v = -v
+    if v == 0:
+        out[o] = 48
+        return o + 1
+    n = 0
+    t = v
+    while t > 0:
+        n += 1
+        t //= 10
+    for j in range(n - 1, -1, -1):
+        out[o + j] = 48 + v % 10
+        v //= 10
+    return o + n
+
+
+@njit(cache=True)
+def ts_ok(C, k):
+    """Can ``_ts`` write every timestamp of frames 0..k? (seconds in [2**21, 2**33))"""
+    for i in range(k):
+        s = C[TS, i] // 1000000000
+        if C[TS, i] < 0 or s < (1 << 21) or s >= (1 << 33):
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _ts(out, o, ns):
+    """repr(round(ns / 1e9, 6)), as Record.as_dict and json write it.
+
+    ns / 1e9 as Python computes it (correctly rounded) is s + f/1e9 in doubles: the
+    one rounding of f/1e9 is far smaller than the distance from any rounding midpoint.
+    Its fraction x - s is exact, with at most 31 bits below the point for s >= 2**21, so
+    round-half-even to 6 decimals is integer arithmetic; and below 2**33 seconds the
+    double nearest a 6-decimal number prints as exactly that number."""
+    s = ns // 1000000000
+    f = ns - s * 1000000000
+    x = np.float64(s) + np.float64(f) / 1e9
+    frac = x - np.float64(s)
+    m = np.int64(frac * 4294967296.0)
+    p = m * 1000000
+    q = p >> 32
+    r = p & 0xFFFFFFFF
+    if r > 0x80000000 or (r == 0x80000000 and q & 1):
+        q += 1
+    if q >= 1000000:
+        s += 1
+        q -= 1000000
+    o = _itoa(out, o, s)
+    out[o] = 46
+    o += 1
+    digits = 6
+    while digits > 1 and q % 10 == 0:
+        q //= 10
+        digits -= 1
+    for j in range(digits - 1, -1, -1):
+        out[o + j] = 48 + q % 10
+        q //= 10
+    return o + digits
+
+
+@njit(cache=True, nogil=True)
+def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow_len):
+    """The lines of frames 0..k into ``out``; returns the bytes written. A fast packet's
+    line is assembled from its flow's template (proto, src, dst; in tarena), its flags,
+    length and its verdict's template (in varena); any other packet's line was written by
+    Python into sarena at slow_off[i]."""
+    o = 0
+    for i in range(k):
+        v = C[VID, i]
+        if v < 0:
+            o = _put(out, o, sarena, slow_off[i], slow_len[i])
+            continue
+        s = C[FLOW, i]
+        d = C[DIR, i]
+        # '{"n": '
+        out[o] = 123; out[o + 1] = 34; out[o + 2] = 110; out[o + 3] = 34; out[o + 4] = 58; out[o + 5] = 32
+        o = _itoa(out, o + 6, C[N, i])
+        # ', "ts": '
+        out[o] = 44; out[o + 1] = 32; out[o + 2] = 34; out[o + 3] = 116; out[o + 4] = 115
+        out[o + 5] = 34; out[o + 6] = 58; out[o + 7] = 32
+        o = _ts(out, o + 8, C[TS, i])
+        out[o] = 44; out[o + 1] = 32
+        o = _put(out, o + 2, tarena, ftpl[s, 2 * d], ftpl[s, 2 * d + 1])
+        fi = C[FLAGS, i] if C[PROTO, i] == 6 else 256
+        o = _put(out, o, varena, flagtpl[fi, 0], flagtpl[fi, 1])
+        o = _itoa(out, o, C[PLEN, i])
+        o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
+    return o

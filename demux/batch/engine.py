@@ -1,0 +1,646 @@
+"""The batch replay engine: the reference engine's verdicts, most of them without the kernel.
+
+Theory of operation. A verdict depends on the packet's flow and on the phase the flow is
+in; within a phase, packet after packet of a flow gets the same verdict. So:
+
+1. ``_nb.walk`` cuts the capture into frame columns, a chunk at a time (memory stays
+   one read buffer plus one chunk of columns, whatever the capture's length);
+2. ``_nb.parse`` reads the common headers into columns; anything unusual (fragments,
+   ICMP, IP options, IPv6 extension headers, bad lengths, non-IP) is marked SLOW;
+3. ``_nb.run`` walks the chunk in capture order. A packet copies its flow's cached
+   verdict when the cache says that packet cannot change anything; otherwise the loop
+   stops and the packet goes through the reference engine itself (``Engine.decide`` on
+   ``demux.wire.parse``'s Packet: the one place the semantics live), after which the
+   flow's cache is refilled from the kernel's state, and the loop resumes.
+
+What may be cached (the rules this engine adds; the differential tests in
+tests/test_batch.py hold them to the reference, packet for packet):
+
+- TCP, a segment without SYN, FIN or RST, of a connection the established hash holds
+  in ESTAB or CLOSE-WAIT with no FIN of ours outstanding (``fin_out``) and no expiry
+  timer: ``Kernel._conn_in``/``_conn_out`` leave the state as it is and answer
+  ``deliver``/``outbound`` with the connection's own reason, owner and description;
+  the only thing such a segment changes is ``rcv_nxt`` and the newest timestamp (read
+  later by ``tcp_timewait_state_process``), which the loop keeps per flow and writes
+  back into the ``Conn`` before the flow's next packet reaches the kernel. A loopback
+  segment is both sent and received: both connections must qualify.
+- UDP: the verdict of the flow's previous datagram in the same direction, if it was
+  ``deliver``/``outbound`` and the socket table did not change while it was decided
+  (a UDP lookup is a function of the table and the packet's addresses, ports, interface
+  and link-layer broadcast bit, all of which key the flow).
+- Transit TCP/UDP (neither address local): always ``ignored``.
+- Nothing is cached across a scenario ``at``/``close_at`` event: packets from just
+  before an event's time go to the kernel, which applies it; every cache is void after.
+- Socket-table changes (a client socket claimed, an unknown local socket made, a socket
+  unhashed) void the UDP caches; a claim (which may move an established entry) voids
+  the TCP caches as well. The kernel is watched through its own methods, not changed.
+
+Output: ``--summary`` needs only per-verdict counts (the loop counts per cached verdict;
+packets that went to the kernel are added to the ``Summary`` as the reference does);
+jsonl lines of cached packets are assembled by ``_nb.jsonl`` from byte templates made
+with the reference's own encoder (per flow direction: proto, src, dst; per verdict: the
+fields after ``len``), packets that went to the kernel are encoded from their Record.
+
+A capture the walker cannot finish (damage part-way, a pcapng interface with an
+unsupported link type or timestamp resolution) is finished with the reference reader
+from the first frame not yet replayed, on the same kernel: same records, same warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import deque
+
+import numpy as np
+
+from demux.batch import _nb
+from demux.capture import MAX_RECORD, SUPPORTED_LINKTYPES, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
+from demux.engine import Engine, Record
+from demux.kernel import Verdict
+from demux.kernel import tcp_states as ts
+from demux.kernel.sock import endpoint
+from demux.render.summary import Summary
+from demux.wire import flag_string, parse
+
+_CACHEABLE = (ts.ESTAB, ts.CLOSE_WAIT)
+_INT64_MAX = (1 << 63) - 1
+# Packets this close before a scenario event's time go to the kernel, which decides
+# with exact float arithmetic whether the event is due.
+_EVENT_MARGIN_NS = 1_000_000
+_READ = 16 << 20
+
+
+def _encoder():
+    # The same encoder as demux.render.records.JsonlSink, so bytes agree.
+    return json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
+
+
+class _Arena:
+    """An append-only byte store numba can read: (offset, length) per piece."""
+
+    def __init__(self, cap: int = 1 << 16):
+        self.buf = np.empty(cap, np.uint8)
+        self.used = 0
+
+    def add(self, b: bytes) -> tuple[int, int]:
+        n = len(b)
+        if self.used + n > len(self.buf):
+            new = np.empty(max(2 * len(self.buf), self.used + n), np.uint8)
+            new[:self.used] = self.buf[:self.used]
+            self.buf = new
+        off = self.used
+        self.buf[off:off + n] = np.frombuffer(b, np.uint8)
+        self.used += n
+        return off, n
+
+    def clear(self) -> None:
+        self.used = 0
+
+
+class BatchEngine:
+    """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
+
+    def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 19, chunk: int = 1 << 16,
+                 jsonl_out=None, workers: int = 1):
+        self.scenario = scenario
+        self.eng = Engine(scenario, seed)
+        self.k = self.eng.kernel
+        self.K = chunk
+        self.C = np.zeros((_nb.NCOL, chunk), np.int64)
+        cap = 1
+        while cap < flow_capacity:
+            cap <<= 1
+        self.fcap = cap
+        self.fkey = np.zeros((cap, 5), np.int64)
+        self.fst = np.zeros((cap, _nb.NFS), np.int64)
+        self.ftpl = np.zeros((cap, 4), np.int64)
+        self.sc = np.zeros(_nb.NSC, np.int64)
+        self.sc[_nb.S_MASK] = cap - 1
+        self.sc[_nb.S_EVENT_NS] = -(1 << 62)       # until the first packet sets t0
+        self.vc = np.zeros((1024, 3), np.int64)
+        self.vc[:, 2] = -1
+        self.vsuf = np.zeros((1024, 2), np.int64)
+        self.vids: dict[tuple, int] = {}
+        self.vlist: list[tuple[str, Verdict]] = []
+        self.shadowed: dict[int, list] = {}
+        self.summary = Summary(scenario)
+        self.first_n: dict[tuple[str, int], int] = {}
+        self.t0_ns: int | None = None
+        self.n_events = len(self.k.events)
+        self.changes_tab = 0
+        self.changes_tcp = 0
+        self.slow_packets = 0
+        self.ifnames: list[str | None] = []
+        self.out = jsonl_out
+        self.enc = _encoder()
+        self.tarena = _Arena()
+        self.varena = _Arena()
+        self.sarena = bytearray()
+        self.slow_off = np.zeros(chunk, np.int64)
+        self.slow_len = np.zeros(chunk, np.int64)
+        self.max_tpl = 0
+        self.max_suf = 0
+        self.flagtpl = np.zeros((257, 2), np.int64)
+        if jsonl_out is not None:
+            for f in range(256):
+                self.flagtpl[f] = self.varena.add(
+                    (', "flags": ' + json.dumps(flag_string(f)) + ', "len": ').encode())
+            self.flagtpl[256] = self.varena.add(b', "flags": null, "len": ')
+        self.workers = max(1, workers)
+        self._writer = None
+        self._watch()
+
+    # ---- watching the kernel's table -----------------------------------------------
+
+    def _watch(self) -> None:
+        """Count the kernel's socket-table changes through its own methods (instance
+        attributes shadow the class's; the kernel itself is untouched)."""
+        k = self.k
+
+        def wrap(name, tcp_too, only_if_result=False):
+            orig = getattr(k, name)
+
+            def watched(*a, **kw):
+                r = orig(*a, **kw)
+                if not only_if_result or r is not None:
+                    self.changes_tab += 1
+                    if tcp_too:
+                        self.changes_tcp += 1
+                return r
+            setattr(k, name, watched)
+
+        wrap("_claim_client", True, only_if_result=True)
+        for name in ("_new_sock", "_forget", "_rebind", "_udp_hash", "close"):
+            wrap(name, False)
+
+    # ---- verdict ids -----------------------------------------------------------------
+
+    def _vid(self, direction: str, v: Verdict) -> int:
+        proc = v.proc
+        copies = tuple((id(p), fd) for p, fd in v.copies) if v.copies else None
+        key = (direction, v.verdict, v.reason, id(proc) if proc is not None else None, v.fd,
+               v.socket, v.state, v.reply, copies)
+        vid = self.vids.get(key)
+        if vid is not None:
+            return vid
+        vid = len(self.vlist)
+        self.vlist.append((direction, v))
+        self.vids[key] = vid
+        if vid >= len(self.vc):
+            vc = np.zeros((2 * len(self.vc), 3), np.int64)
+            vc[:, 2] = -1
+            vc[:len(self.vc)] = self.vc
+            self.vc = vc
+            vs = np.zeros((2 * len(self.vsuf), 2), np.int64)
+            vs[:len(self.vsuf)] = self.vsuf
+            self.vsuf = vs
+        if self.out is not None:
+            d = {"direction": direction, "verdict": v.verdict,
+                 "process": proc.name if proc is not None else None,
+                 "pid": proc.pid if proc is not None else None,
+                 "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason, "reply": v.reply}
+            b = (", " + self.enc(d)[1:] + "\n").encode()
+            self.vsuf[vid] = self.varena.add(b)
+            self.max_suf = max(self.max_suf, len(b))
+        return vid
+
+    # ---- the flow cache --------------------------------------------------------------
+
+    def _sync(self, s: int) -> None:
+        """Write the rcv_nxt/timestamp the cached packets moved back into the Conns."""
+        conns = self.shadowed.pop(s, None)
+        if conns is None:
+            return
+        fst = self.fst
+        for d in (0, 1):
+            c = conns[d]
+            if c is not None and fst[s, _nb.F_DIRTY + d]:
+                c.rcv_nxt = int(fst[s, _nb.F_RCV + d])
+                tsv = int(fst[s, _nb.F_TSV + d])
+                if tsv >= 0:
+                    c.tsval = tsv
+            fst[s, _nb.F_SHADOW + d] = 0
+            fst[s, _nb.F_DIRTY + d] = 0
+
+    def _sync_all(self) -> None:
+        for s in list(self.shadowed):
+            self._sync(s)
+
+    @staticmethod
+    def _conn_ok(c) -> bool:
+        return c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
+
+    def _template(self, s: int, d: int, proto: int, src, sport, dst, dport) -> None:
+        if self.out is None or self.ftpl[s, 2 * d + 1]:
+            return
+        t = self.enc({"proto": "tcp" if proto == 6 else "udp", "src": endpoint(src, sport),
+                      "dst": endpoint(dst, dport)})[1:-1].encode()
+        self.ftpl[s, 2 * d], self.ftpl[s, 2 * d + 1] = self.tarena.add(t)
+        self.max_tpl = max(self.max_tpl, len(t))
+
+    def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
+        fst, k = self.fst, self.k
+        if p.proto == 6:
+            est = k.est
+            conns = [None, None]
+            for dd in (0, 1):
+                src, sport, dst, dport = ((p.src, p.sport, p.dst, p.dport) if dd == d
+                                          else (p.dst, p.dport, p.src, p.sport))
+                vid, stamp, shadow = -1, self.sc[_nb.S_GEN_TCP], None
+                src_local, dst_local = k.is_local(src), k.is_local(dst)
+                if dst_local:
+                    c = est.get((dst, dport, src, sport))
+                    if self._conn_ok(c) and (not src_local or self._conn_ok(est.get((src, sport, dst, dport)))):
+                        vid = self._vid("in", Verdict("deliver", c.reason, c.proc, c.fd, c.describe(), c.state))
+                        shadow = c
+                elif src_local:
+                    c = est.get((src, sport, dst, dport))
+                    if self._conn_ok(c):
+                        vid = self._vid("out", Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state))
+                else:
+                    vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
+                    stamp = _nb.STAMP_FOREVER
+                fst[s, _nb.F_VID + dd] = vid
+                fst[s, _nb.F_STAMP + dd] = stamp
+                if vid >= 0:
+                    self._template(s, dd, 6, src, sport, dst, dport)
+                if shadow is not None:
+                    conns[dd] = shadow
+                    fst[s, _nb.F_SHADOW + dd] = 1
+                    fst[s, _nb.F_DIRTY + dd] = 0
+                    fst[s, _nb.F_RCV + dd] = shadow.rcv_nxt
+                    fst[s, _nb.F_TSV + dd] = -1 if shadow.tsval is None else shadow.tsval
+            if conns[0] is not None or conns[1] is not None:
+                self.shadowed[s] = conns
+            return
+        # UDP: the verdict just seen, if nothing in the table moved while it was decided.
+        v = rec.v
+        vid = -1
+        stamp = self.sc[_nb.S_GEN_UDP]
+        if rec.direction == "transit":
+            vid = self._vid("transit", v)
+            stamp = _nb.STAMP_FOREVER
+        elif quiet and v.verdict in ("deliver", "outbound") and rec.packet is p:
+            vid = self._vid(rec.direction, v)
+        fst[s, _nb.F_VID + d] = vid
+        fst[s, _nb.F_STAMP + d] = stamp
+        if vid >= 0:
+            self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
+
+    def _clear_flows(self) -> None:
+        """Forget every flow (the table is full of flows that may be long gone)."""
+        if self._writer is not None:
+            self._writer.drain()      # it may still read the flow templates
+        self._sync_all()
+        self.fst[:] = 0
+        self.ftpl[:] = 0
+        self.tarena.clear()
+        self.sc[_nb.S_NFLOWS] = 0
+
+    # ---- the kernel path -----------------------------------------------------------
+
+    def _event_threshold(self) -> None:
+        evs = self.k.events
+        if not evs or self.t0_ns is None:
+            self.sc[_nb.S_EVENT_NS] = _INT64_MAX if self.t0_ns is not None else -(1 << 62)
+            return
+        rel = evs[0][0]
+        at = self.t0_ns + rel * 1e9 - _EVENT_MARGIN_NS
+        self.sc[_nb.S_EVENT_NS] = _INT64_MAX if at > 2.0 ** 62 else max(int(at), -(1 << 62))
+
+    def _decide(self, p, frame=None) -> Record:
+        """One packet through the reference engine, with the bookkeeping around it."""
+        k = self.k
+        tab, tcp = self.changes_tab, self.changes_tcp
+        rec = self.eng.decide(p, frame)
+        self.slow_packets += 1
+        if self.t0_ns is None:
+            self.t0_ns = self._first_ns
+            self._event_threshold()
+        if len(k.events) != self.n_events:
+            self.n_events = len(k.events)
+            self.sc[_nb.S_GEN_TCP] += 1
+            self.sc[_nb.S_GEN_UDP] += 1
+            self._event_threshold()
+            tab = -1
+        if self.changes_tcp != tcp:
+            self.sc[_nb.S_GEN_TCP] += 1
+        if self.changes_tab != tab:
+            self.sc[_nb.S_GEN_UDP] += 1
+        summ = self.summary
+        before = len(summ.per_proc)
+        summ.add(rec)
+        if len(summ.per_proc) != before:
+            for key in list(summ.per_proc)[before:]:
+                self.first_n.setdefault(key, rec.n)
+        return rec, self.changes_tab == tab
+
+    def _slow(self, buf, i: int) -> None:
+        C = self.C
+        s = int(self.sc[_nb.S_SLOW_FLOW])
+        d = int(self.sc[_nb.S_SLOW_DIR])
+        if s >= 0 and s in self.shadowed:
+            self._sync(s)
+        off, cap = int(C[_nb.OFF, i]), int(C[_nb.CAP, i])
+        ns = int(C[_nb.TS, i])
+        ifid = int(C[_nb.IFID, i])
+        if self.t0_ns is None:
+            self._first_ns = ns
+        p = parse(int(C[_nb.N, i]), ns / 1000000000, int(C[_nb.LT, i]), bytes(buf[off:off + cap]),
+                  self.ifnames[ifid] if ifid >= 0 else None, int(C[_nb.ORIG, i]))
+        rec, quiet = self._decide(p)
+        if s >= 0:
+            self._recache(s, d, p, rec, quiet)
+        if self.out is not None:
+            line = (self.enc(rec.as_dict()) + "\n").encode()
+            self.slow_off[i] = len(self.sarena)
+            self.slow_len[i] = len(line)
+            self.sarena += line
+
+    def _chunk(self, buf, k: int) -> None:
+        C = self.C
+        if self.sc[_nb.S_NFLOWS] * 2 > self.fcap - 2 * k:
+            self._clear_flows()
+        _nb.parse(buf, C, k)
+        run, slow = _nb.run, self._slow
+        fkey, fst, sc = self.fkey, self.fst, self.sc
+        i = 0
+        while i < k:
+            i = run(C, fkey, fst, self.vc, sc, i, k)
+            if i >= k:
+                break
+            slow(buf, i)
+            i += 1
+        if self.out is not None:
+            self._emit(k)
+
+    def _emit(self, k: int) -> None:
+        sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
+        if not _nb.ts_ok(self.C, k):
+            # Timestamps the numba writer cannot print exactly: these lines go through
+            # the reference encoder's float repr instead.
+            self._python_ts_lines(k)
+            sa = np.frombuffer(bytes(self.sarena), np.uint8)
+        bound = k * (self.max_tpl + self.max_suf + 120) + len(sa)
+        out = np.empty(bound, np.uint8)
+        C = self.C
+        args = (C.copy() if self.workers > 1 else C, k, out, self.tarena.buf, self.ftpl.copy() if self.workers > 1 else self.ftpl,
+                self.varena.buf, self.vsuf, self.flagtpl, sa, self.slow_off[:k].copy(), self.slow_len[:k].copy())
+        self.sarena = bytearray()
+        if self.workers > 1:
+            # Format this chunk on another core (the numba writer releases the GIL)
+            # while the next chunk is replayed; chunks are written in order.
+            self._writer.submit(args)
+        else:
+            n = _nb.jsonl(*args)
+            self.out.write(memoryview(out)[:n])
+
+    def _python_ts_lines(self, k: int) -> None:
+        C = self.C
+        for i in range(k):
+            v = int(C[_nb.VID, i])
+            if v < 0:
+                continue
+            direction, ver = self.vlist[v]
+            s, d = int(C[_nb.FLOW, i]), int(C[_nb.DIR, i])
+            tpl = bytes(self.tarena.buf[self.ftpl[s, 2 * d]:self.ftpl[s, 2 * d] + self.ftpl[s, 2 * d + 1]])
+            fi = int(C[_nb.FLAGS, i]) if C[_nb.PROTO, i] == 6 else 256
+            fl = bytes(self.varena.buf[self.flagtpl[fi, 0]:self.flagtpl[fi, 0] + self.flagtpl[fi, 1]])
+            suf = bytes(self.varena.buf[self.vsuf[v, 0]:self.vsuf[v, 0] + self.vsuf[v, 1]])
+            ts_text = json.dumps(round(int(C[_nb.TS, i]) / 1000000000, 6))
+            line = (b'{"n": ' + str(int(C[_nb.N, i])).encode() + b', "ts": ' + ts_text.encode() + b", "
+                    + tpl + fl + str(int(C[_nb.PLEN, i])).encode() + suf)
+            self.slow_off[i] = len(self.sarena)
+            self.slow_len[i] = len(line)
+            self.sarena += line
+            C[_nb.VID, i] = -1       # run() has counted it already; only its line moves
+
+    # ---- reading the capture -------------------------------------------------------
+
+    def run(self, path: str):
+        """Replay the capture; returns (Summary, warning or None)."""
+        # open_capture refuses what the reference refuses, with the same words.
+        with open_capture(path) as reader:
+            fmt = reader.format
+            first_lt = next(iter(reader.linktypes)) if reader.linktypes else None
+        if self.workers > 1 and self.out is not None:
+            self._writer = _Writer(self.out)
+        try:
+            warning = self._run(path, fmt, first_lt)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        self._sync_all()
+        return self._finish_summary(), warning
+
+    def _run(self, path, fmt, first_lt):
+        ifs = np.zeros((64, 7), np.int64)
+        nifs = 0
+        buf = np.empty(2 * _READ + MAX_RECORD + (16 << 20), np.uint8)
+        f = open(path, "rb", buffering=0)
+        try:
+            end = f.readinto(memoryview(buf)[:_READ])
+            eof = end < _READ
+            pos = 0
+            le = True
+            n = 0
+            last_ns = 0
+            if fmt == "pcap":
+                le_magic, nanos = _PCAP_MAGICS[bytes(buf[:4])]
+                le = le_magic == "<"
+                snaplen = int.from_bytes(bytes(buf[16:20]), "little" if le else "big")
+                ifs[0] = (first_lt, 1 if nanos else 1000, 1, 0,
+                          snaplen if 0 < snaplen < MAX_RECORD else MAX_RECORD, 1, snaplen)
+                nifs = 1
+                self.ifnames = [None]
+                pos = 24
+                mode = 0
+            else:
+                mode = 1
+            C = self.C
+            while True:
+                pos, k, code, last_ns = _nb.walk(buf, pos, end, mode, le, ifs, nifs, C, self.K, n, last_ns, eof)
+                if k:
+                    self._chunk(buf, k)
+                    n += k
+                if code == _nb.W_FULL:
+                    continue
+                if code == _nb.W_BLOCK:
+                    res = self._block(buf, pos, end, eof, ifs, nifs)
+                    if res is None:
+                        code = _nb.W_MORE
+                    elif res == "damage":
+                        return self._reference_rest(path, n)
+                    else:
+                        pos, nifs, le = res
+                        continue
+                if code == _nb.W_MORE:
+                    if eof:
+                        if pos < end:
+                            return self._reference_rest(path, n)
+                        return None
+                    rest = end - pos
+                    buf[:rest] = buf[pos:end]
+                    got = f.readinto(memoryview(buf)[rest:rest + _READ])
+                    eof = got < _READ
+                    end = rest + got
+                    pos = 0
+                    if not got and not rest:
+                        return None
+                    continue
+                # damage, or something the walker leaves to the reference reader
+                return self._reference_rest(path, n)
+        finally:
+            f.close()
+
+    def _block(self, buf, pos, end, eof, ifs, nifs):
+        """A pcapng section header or interface description at ``pos``: (new pos,
+        interfaces, little-endian) or None to read more, "damage" to stop."""
+        if pos + 12 > end:
+            return None if not eof else "damage"
+        bom = bytes(buf[pos + 8:pos + 12])
+        le = self._le
+        btype_le = int.from_bytes(bytes(buf[pos:pos + 4]), "little")
+        if btype_le == 0x0A0D0D0A:
+            if bom == b"\x4d\x3c\x2b\x1a":
+                le = True
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                le = False
+            else:
+                return "damage"
+        order = "little" if le else "big"
+        blen = int.from_bytes(bytes(buf[pos + 4:pos + 8]), order)
+        if blen < 12 or blen & 3 or blen > 16 * 1024 * 1024:
+            return "damage"
+        if pos + blen > end:
+            return None if not eof else "damage"
+        if int.from_bytes(bytes(buf[pos + blen - 4:pos + blen]), order) != blen:
+            return "damage"
+        if btype_le == 0x0A0D0D0A:
+            if blen < 28:
+                return "damage"
+            self._le = le
+            self.ifnames = []
+            return pos + blen, 0, le
+        if blen < 20:
+            return "damage"
+        ifaces: list = []
+        r = object.__new__(CaptureReader)
+        r.linktypes = set()
+        block = bytes(buf[pos:pos + blen])
+        from demux.capture import _S
+        try:
+            # The reference reader's own IDB parser, on a copy of the block.
+            r._parse_idb(block, 0, blen, _S["<" if le else ">"], ifaces, pos)
+        except _Damage:
+            return "damage"
+        linktype, ifname, mul, div, off_ns, limit, ok, snap = ifaces[0]
+        if nifs >= len(ifs):
+            return "damage"
+        ifs[nifs] = (linktype, mul, div, off_ns, limit, 1 if ok else 0, snap)
+        self.ifnames.append(ifname)
+        return pos + blen, nifs + 1, le
+
+    _le = True
+    _first_ns = 0
+
+    def _reference_rest(self, path: str, done: int):
+        """Frames after ``done`` through the reference reader and engine, same kernel."""
+        if self._writer is not None:
+            self._writer.drain()
+        self._sync_all()
+        enc = self.enc
+        with open_capture(path) as reader:
+            for frame in reader:
+                if frame.n <= done:
+                    continue
+                if self.t0_ns is None:
+                    self._first_ns = frame.ts_ns
+                p = parse(frame.n, frame.ts, frame.linktype, frame.data, frame.ifname, frame.orig_len)
+                rec, _ = self._decide(p, frame)
+                if self.out is not None:
+                    self.out.write((enc(rec.as_dict()) + "\n").encode())
+            return reader.warning
+
+    # ---- the summary -----------------------------------------------------------------
+
+    def _finish_summary(self) -> Summary:
+        summ = self.summary
+        first = dict(self.first_n)
+        vc = self.vc
+        for vid, (direction, v) in enumerate(self.vlist):
+            cnt = int(vc[vid, 0])
+            if not cnt:
+                continue
+            summ.packets += cnt
+            summ.counts[v.verdict] += cnt
+            if v.verdict != "deliver":
+                continue
+            size = int(vc[vid, 1])
+            for proc, _fd in (v.copies if v.copies else ((v.proc, v.fd),)):
+                if proc is None:
+                    continue
+                key = (proc.name, proc.pid)
+                entry = summ.per_proc.get(key)
+                if entry is None:
+                    entry = summ.per_proc[key] = [0, 0, proc]
+                entry[0] += cnt
+                entry[1] += size
+                fn = int(vc[vid, 2])
+                if key not in first or fn < first[key]:
+                    first[key] = fn
+        # The reference lists processes in the order they first received a packet.
+        summ.per_proc = dict(sorted(summ.per_proc.items(), key=lambda kv: first.get(kv[0], 0)))
+        return summ
+
+
+class _Writer:
+    """Formats and writes jsonl chunks on a second thread, in submission order."""
+
+    def __init__(self, out):
+        self.out = out
+        self.q: deque = deque()
+        self.cv = threading.Condition()
+        self.closed = False
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def submit(self, args) -> None:
+        with self.cv:
+            while len(self.q) >= 4:
+                self.cv.wait()
+            self.q.append(args)
+            self.cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.q and not self.closed:
+                    self.cv.wait()
+                if not self.q:
+                    return
+                args = self.q[0]
+            try:
+                n = _nb.jsonl(*args)
+                self.out.write(memoryview(args[2])[:n])
+            except BaseException as e:      # surfaced by close()
+                self.error = e
+            with self.cv:
+                self.q.popleft()
+                self.cv.notify_all()
+
+    def drain(self) -> None:
+        with self.cv:
+            while self.q:
+                self.cv.wait()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        self.t.join()
+        if self.error is not None:
+            raise self.error
