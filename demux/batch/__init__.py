@@ -20,11 +20,12 @@ def usable(args) -> bool:
     return bool(args.summary) or args.format == "jsonl"
 
 
-def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None):
+def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None, **tuning):
     """Replay ``capture_path``; jsonl lines go to the binary stream ``jsonl_out`` (None:
-    count only). Returns (Summary, warning or None), as the reference loop ends with."""
+    count only). Returns (Summary, warning or None), as the reference loop ends with.
+    ``tuning``: flow_capacity, chunk, read_size (tests make them tiny)."""
     from demux.batch.engine import BatchEngine
-    eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers)
+    eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers, **tuning)
     return eng.run(capture_path)
 
 

@@ -103,11 +103,12 @@ class BatchEngine:
     """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
 
     def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 19, chunk: int = 1 << 16,
-                 jsonl_out=None, workers: int = 1):
+                 jsonl_out=None, workers: int = 1, read_size: int = _READ):
         self.scenario = scenario
         self.eng = Engine(scenario, seed)
         self.k = self.eng.kernel
         self.K = chunk
+        self.read_size = read_size
         self.C = np.zeros((_nb.NCOL, chunk), np.int64)
         cap = 1
         while cap < flow_capacity:
@@ -338,18 +339,17 @@ class BatchEngine:
         return rec, self.changes_tab == tab
 
     def _slow(self, buf, i: int) -> None:
-        C = self.C
-        s = int(self.sc[_nb.S_SLOW_FLOW])
-        d = int(self.sc[_nb.S_SLOW_DIR])
+        row = self.C[:_nb.LT + 1, i].tolist()
+        s, d = self.sc[_nb.S_SLOW_FLOW:_nb.S_SLOW_DIR + 1].tolist()
         if s >= 0 and s in self.shadowed:
             self._sync(s)
-        off, cap = int(C[_nb.OFF, i]), int(C[_nb.CAP, i])
-        ns = int(C[_nb.TS, i])
-        ifid = int(C[_nb.IFID, i])
+        off = row[_nb.OFF]
+        ns = row[_nb.TS]
+        ifid = row[_nb.IFID]
         if self.t0_ns is None:
             self._first_ns = ns
-        p = parse(int(C[_nb.N, i]), ns / 1000000000, int(C[_nb.LT, i]), bytes(buf[off:off + cap]),
-                  self.ifnames[ifid] if ifid >= 0 else None, int(C[_nb.ORIG, i]))
+        p = parse(row[_nb.N], ns / 1000000000, row[_nb.LT], buf[off:off + row[_nb.CAP]].tobytes(),
+                  self.ifnames[ifid] if ifid >= 0 else None, row[_nb.ORIG])
         rec, quiet = self._decide(p)
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
@@ -438,11 +438,13 @@ class BatchEngine:
     def _run(self, path, fmt, first_lt):
         ifs = np.zeros((64, 7), np.int64)
         nifs = 0
-        buf = np.empty(2 * _READ + MAX_RECORD + (16 << 20), np.uint8)
+        rd = self.read_size
+        # Room for one read plus a partial record or block of the largest size allowed.
+        buf = np.empty(rd + max(MAX_RECORD, 16 << 20) + 64, np.uint8)
         f = open(path, "rb", buffering=0)
         try:
-            end = f.readinto(memoryview(buf)[:_READ])
-            eof = end < _READ
+            end = f.readinto(memoryview(buf)[:rd])
+            eof = end < rd
             pos = 0
             le = True
             n = 0
@@ -483,8 +485,8 @@ class BatchEngine:
                         return None
                     rest = end - pos
                     buf[:rest] = buf[pos:end]
-                    got = f.readinto(memoryview(buf)[rest:rest + _READ])
-                    eof = got < _READ
+                    got = f.readinto(memoryview(buf)[rest:rest + rd])
+                    eof = got < rd
                     end = rest + got
                     pos = 0
                     if not got and not rest:
