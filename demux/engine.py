@@ -29,9 +29,10 @@ class Record:
     def as_dict(self) -> dict:
         p, v = self.packet, self.v
         proto = p.proto
-        if proto in (6, 17) and p.family:
+        addressed = len(p.src) in (4, 16) and len(p.dst) == len(p.src)
+        if proto in (6, 17) and addressed and p.l4_off >= 0:
             src, dst = endpoint(p.src, p.sport), endpoint(p.dst, p.dport)
-        elif p.family:
+        elif addressed:
             src, dst = unpack(p.src), unpack(p.dst)
         else:
             src = dst = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 from demux.kernel.sock import ANY4, ANY6, unpack
 
 
-def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto: str) -> str:
+def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto: str,
+          dual: bool = False) -> str:
     if addr == ANY6:
-        host = "*" if False else "[::]"
+        # iproute2 prints a dual-stack wildcard as "*", a v6only one as "[::]".
+        host = "*" if dual else "[::]"
     elif len(addr) == 16:
         host = f"[{unpack(addr)}]"
     else:
@@ -20,8 +22,8 @@ def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto
     if device:
         host += f"%{device}"
     if not numeric and isinstance(port, int) and port:
-        from demux.services import service_name
-        port = service_name(port, proto) or port
+        from demux.services import service
+        port = service(port, proto) or port
     return f"{host}:{port}"
 
 
@@ -41,14 +43,15 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
         recvq, sendq = 0, 0
         if state == "LISTEN":
             recvq, sendq = obj.queued, obj.backlog
-        local = _addr(laddr, lport, device, numeric, proto)
+        dual = laddr == ANY6 and not getattr(obj, "v6only", True)
+        local = _addr(laddr, lport, device, numeric, proto, dual)
         if peer is None:
-            wild = "[::]" if len(laddr) == 16 else "0.0.0.0"
+            wild = "*" if dual else "[::]" if len(laddr) == 16 else "0.0.0.0"
             peer = f"{wild}:*"
         elif not numeric:
             host, _, port = peer.rpartition(":")
-            from demux.services import service_name
-            peer = f"{host}:{service_name(int(port), proto) or port}"
+            from demux.services import service
+            peer = f"{host}:{service(int(port), proto) or port}"
         row = [proto, state, str(recvq), str(sendq), local, peer]
         extra = []
         if processes and proc is not None and fd is not None:
