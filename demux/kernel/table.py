@@ -615,15 +615,23 @@ class Kernel:
         # A segment of a connection whose start is not in the capture.
         return self._midstream(p, p.dst, p.dport, p.src, p.sport, now, "in", steps)
 
-    def _claim_client(self, proto, local, lport, remote, rport) -> Sock | None:
-        """A scenario socket connect()ed to ``remote:rport`` whose own port was the
-        emulator's guess: the capture shows the real one, so adopt it."""
+    def _claim_client(self, proto, local, lport, remote, rport, sent: bool) -> Sock | None:
+        """A scenario socket connect()ed to ``remote:rport`` whose local port (or source
+        address) was the emulator's guess: the capture shows the real one, so adopt it.
+        Only what the scenario left open is adopted: a port asked as 0, and a source
+        address that routing chose, the latter only from a packet the host ``sent``
+        (a datagram *to* another local address never reaches a connected socket)."""
         for sk in self.clients:
-            if (sk.proto == proto and not sk.claimed and sk.raddr is not None
-                    and sk.rport == rport and (sk.raddr == remote or sk.raddr[12:] == remote)
-                    and (sk.port == lport or sk.spec is None or sk.spec.bind is None or sk.spec.bind.port == 0)):
+            if (sk.proto != proto or sk.claimed or sk.raddr is None or sk.rport != rport
+                    or not (sk.raddr == remote or sk.raddr[12:] == remote)):
+                continue
+            bound = sk.spec.bind if sk.spec is not None else None
+            port_guessed = bound is None or bound.port == 0
+            addr_guessed = bound is None or bound.wildcard
+            same_addr = sk.addr == local or sk.addr[12:] == local
+            if (sk.port == lport or port_guessed) and (same_addr or (addr_guessed and sent)):
                 sk.claimed = True
-                if sk.port != lport or sk.addr != local:
+                if sk.port != lport or not same_addr:
                     if proto == "tcp":
                         old = (sk.addr, sk.port, sk.raddr, sk.rport)
                         self.est.pop(old, None)
@@ -646,7 +654,7 @@ class Kernel:
 
     def _midstream(self, p, local, lport, remote, rport, now, direction, steps) -> Verdict:
         key = (local, lport, remote, rport)
-        sk = self._claim_client("tcp", local, lport, remote, rport)
+        sk = self._claim_client("tcp", local, lport, remote, rport, direction == "out")
         if sk is not None:
             c = Conn(key, p.family, ts.ESTAB, sk.proc, sk.fd,
                      f"connection of {sk.owner()} (assumed established: its handshake is not in the capture)",
@@ -772,7 +780,7 @@ class Kernel:
         if flags & RST:
             return Verdict("outbound", "the kernel's RST: no socket took the segment it answers")
         if flags & SYN and not flags & ACK:
-            sk = self._claim_client("tcp", p.src, p.sport, p.dst, p.dport)
+            sk = self._claim_client("tcp", p.src, p.sport, p.dst, p.dport, True)
             if sk is not None:
                 c = Conn(key, p.family, ts.SYN_SENT, sk.proc, sk.fd, "connect() of " + sk.owner(), sock=sk)
             else:
@@ -826,14 +834,15 @@ class Kernel:
                            first.state, copies=[(s.proc, s.fd) for s in socks])
         sk, exact = lk.udp_unicast(chain, family, p.src, p.sport, p.dst, p.dport, p.ifname, self.seed, steps)
         if sk is None:
-            sk = self._claim_client("udp", p.dst, p.dport, p.src, p.sport) or \
+            sk = self._claim_client("udp", p.dst, p.dport, p.src, p.sport, False) or \
                 self.udp_implicit.get((p.dst, p.dport))
             if sk is None:
                 if self._icmp_allowed(p.src, now):
                     return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}: the kernel answers "
                                    "ICMP port unreachable", reply="icmp-port-unreachable")
                 return Verdict("reject", f"no socket on udp {endpoint(p.dst, p.dport)}; the ICMP port "
-                               f"unreachable to {unpack(p.src)} is rate-limited (icmp_ratelimit 1000 ms, burst 6)")
+                               f"unreachable to {unpack(p.src)} is rate-limited "
+                               f"({'icmp_ratelimit 1000' if p.family == 4 else 'icmp.ratelimit 100'} ms, burst 6)")
             exact = True
         return Verdict("deliver", self._udp_reason(sk, exact, p.dst, p.dport), sk.proc, sk.fd,
                        sk.describe(), sk.state)
@@ -845,11 +854,13 @@ class Kernel:
         peer starts as if last seen 60 s ago. Loopback destinations are never limited."""
         if self.is_local(peer):
             return True
+        # icmp_ratelimit is 1000 ms for IPv4; net.ipv6.icmp.ratelimit measured 100 ms on 6.18.
+        cost = 1.0 if len(peer) == 4 else 0.1
         tokens, last = self.icmp_peers.get(peer, (0.0, now - 60.0))
-        tokens = min(tokens + (now - last), 6.0)
-        allowed = tokens >= 1.0
+        tokens = min(tokens + (now - last), 6 * cost)
+        allowed = tokens >= cost
         if allowed:
-            tokens -= 1.0
+            tokens -= cost
         self.icmp_peers[peer] = (tokens, now)
         return allowed
 
@@ -871,7 +882,7 @@ class Kernel:
         sk, exact = lk.udp_unicast(self.udp.get(p.sport, ()), family, p.dst, p.dport, p.src, p.sport,
                                    p.ifname, self.seed, steps)
         if sk is None:
-            sk = self._claim_client("udp", p.src, p.sport, p.dst, p.dport) or \
+            sk = self._claim_client("udp", p.src, p.sport, p.dst, p.dport, True) or \
                 self.udp_implicit.get((p.src, p.sport))
         if sk is None:
             sk = self._new_sock(None, None, "udp", family)

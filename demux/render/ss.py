@@ -43,6 +43,12 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
         recvq, sendq = 0, 0
         if state == "LISTEN":
             recvq, sendq = obj.queued, obj.backlog
+        listener = getattr(obj, "listener", None)
+        if listener is not None and listener.family == 6 and len(laddr) == 4:
+            # An IPv4 connection accepted by an AF_INET6 socket is v4-mapped in ss.
+            laddr = b"\x00" * 10 + b"\xff\xff" + laddr
+            host, _, port = peer.rpartition(":")
+            peer = f"[::ffff:{host}]:{port}"
         dual = laddr == ANY6 and not getattr(obj, "v6only", True)
         local = _addr(laddr, lport, device, numeric, proto, dual)
         if peer is None:
