@@ -85,7 +85,7 @@ class Engine:
             direction = "in"
         elif src_local:
             direction = "out"
-        elif p.proto == 17 and k._is_mcast(p.dst, p.link_bcast):
+        elif p.proto == 17 and k.is_broadcast(p.dst, p.link_bcast):
             direction = "in"
         else:
             direction = "transit"

@@ -172,6 +172,8 @@ def parse_ss(text: str, name: str = "<ss>") -> tuple[list[Row], list[str]]:
             row.v6only = ex["v6only"] == "1"
         elif lep.family == 6 and star:
             row.v6only = False   # ``*`` is the dual-stack wildcard
+        elif lep.family == 6 and lep.addr == "::" and not old_star and state in ("LISTEN", "UNCONN"):
+            row.v6only = True    # current ss writes ``[::]`` only for an IPV6_V6ONLY socket
         rows.append(row)
     # An established TCP socket on a listener's port was accepted from it: the listener
     # stands for it. The others are client connections, written as connect() calls.

@@ -26,6 +26,7 @@ SYSCTL_DEFAULTS: dict[str, object] = {
     "net.core.somaxconn": 4096,
     "net.ipv4.ip_nonlocal_bind": 0,
     "net.ipv6.ip_nonlocal_bind": 0,
+    "net.ipv4.tcp_syncookies": 1,
 }
 
 _SOCKET_KEYS = {"proto", "bind", "connect", "listen", "backlog", "reuseaddr", "reuseport",
@@ -230,7 +231,8 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
     except ValueError as err:
         raise ScenarioError(f"{path}: [sysctl] net.ipv4.ip_local_reserved_ports: {err}") from None
     for key in ("net.ipv4.ip_unprivileged_port_start", "net.ipv6.bindv6only", "net.ipv4.tcp_tw_reuse",
-                "net.core.somaxconn", "net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind"):
+                "net.core.somaxconn", "net.ipv4.ip_nonlocal_bind", "net.ipv6.ip_nonlocal_bind",
+                "net.ipv4.tcp_syncookies"):
         v = sc.sysctl[key]
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v)

@@ -347,3 +347,17 @@ def test_lookup_api_reports_trace_and_group():
     assert len(r.socks) == 1 and r.socks[0].group is not None and r.reply is None
     assert any("SO_REUSEPORT group of 2" in s for s in r.trace)
     assert k.lookup("tcp", "10.9.0.2", 5000, "10.9.0.1", 81).reply == "rst"
+
+
+def test_A7_full_request_queue_answers_with_syn_cookies():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", backlog=2}')
+    vs = [k.input(seg("10.9.0.2", 5000 + i, "10.9.0.1", 80, ts=0.1 * i), 0.1 * i) for i in range(4)]
+    assert [v.state for v in vs] == ["SYN-RECV", "SYN-RECV", "LISTEN", "LISTEN"]
+    assert "SYN cookie" in vs[2].reason and vs[2].verdict == "deliver"
+    v = k.input(seg("10.9.0.2", 5002, "10.9.0.1", 80, flags=".", seq=1001, ts=1.0), 1.0)
+    assert v.verdict == "deliver" and v.state == "ESTAB" and "cookie" in v.reason
+    # Without cookies the same SYN is dropped; request sockets are forgotten after 63 s.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", backlog=1}', sysctl='[sysctl]\n"net.ipv4.tcp_syncookies" = 0\n')
+    assert k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0).verdict == "deliver"
+    assert k.input(seg("10.9.0.2", 5001, "10.9.0.1", 80, ts=1.0), 1.0).verdict == "drop"
+    assert k.input(seg("10.9.0.2", 5002, "10.9.0.1", 80, ts=70.0), 70.0).state == "SYN-RECV"

@@ -47,7 +47,7 @@ class Sock:
     __slots__ = ("serial", "proc", "index", "fd", "proto", "family", "addr", "port",
                  "rcv4", "v6only", "reuseaddr", "reuseport", "uid", "device",
                  "state", "raddr", "rport", "backlog", "accept", "queued", "group",
-                 "by_connect", "spec", "claimed", "describe_cache")
+                 "by_connect", "spec", "claimed", "describe_cache", "synq")
 
     def __init__(self, serial: int, proc, index: tuple[int, int] | None, proto: str, family: int):
         self.serial = serial
@@ -70,6 +70,7 @@ class Sock:
         self.backlog = 0
         self.accept = True
         self.queued = 0               # connections waiting in the accept queue
+        self.synq: dict = {}          # half-open request sockets: 4-tuple -> expiry time
         self.group = None
         self.by_connect = False       # port chosen by connect() (tb->fastreuse = -1)
         self.spec = None

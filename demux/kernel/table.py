@@ -169,6 +169,8 @@ class Kernel:
         self.udp_implicit: dict[tuple[bytes, int], Sock] = {}    # unknown local UDP senders
         self.perturb: dict[tuple, int] = {}                      # __inet_hash_connect table_perturb
         self.icmp_peers: dict[bytes, tuple[float, float]] = {}   # inet_peer rate_tokens, rate_last
+        self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
+        self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
         self.outcomes: list[Outcome] = []
         self.socks: list[Sock] = []
         self._serial = 0
@@ -501,13 +503,14 @@ class Kernel:
             steps.append("established hash: no entry for this 4-tuple")
             sk, _ = lk.tcp_listener(self.listeners.get(dport, []), family, s, sport, d, dport, ifname, self.seed, steps)
             return Lookup([sk] if sk else [], None if sk else "rst", steps)
-        if self._is_mcast(d, False):
+        if self.is_broadcast(d, False):
             socks = lk.udp_multicast(self.udp.get(dport, []), family, s, sport, d, ifname, steps)
             return Lookup(socks, None, steps)
         sk, _ = lk.udp_unicast(self.udp.get(dport, []), family, s, sport, d, dport, ifname, self.seed, steps)
         return Lookup([sk] if sk else [], None if sk else "icmp-port-unreachable", steps)
 
-    def _is_mcast(self, d: bytes, link_bcast: bool) -> bool:
+    def is_broadcast(self, d: bytes, link_bcast: bool = False) -> bool:
+        """A broadcast or multicast destination, delivered to every matching socket."""
         if len(d) == 4:
             return d in self.bcast4 or 224 <= d[0] <= 239 or (link_bcast and d not in self.local4)
         return d[0] == 0xFF
@@ -548,7 +551,21 @@ class Kernel:
             r += f"; SO_REUSEPORT member {l.group.socks.index(l) + 1} of {len(l.group.socks)} by flow hash"
         return r
 
+    @staticmethod
+    def _synq_full(l: Sock, now: float) -> bool:
+        """``inet_csk_reqsk_queue_is_full``: half-open requests >= the backlog; request
+        sockets past their SYN-ACK retries are forgotten first."""
+        q = l.synq
+        while q:
+            key, expire = next(iter(q.items()))
+            if expire > now:
+                break
+            del q[key]
+        return len(q) >= max(l.backlog, 1)
+
     def _drop_conn(self, c: Conn) -> None:
+        if c.listener is not None:
+            c.listener.synq.pop(c.key, None)
         self.est.pop(c.key, None)
         if c.queued and c.listener is not None:
             c.listener.queued -= 1
@@ -599,11 +616,25 @@ class Kernel:
                 return Verdict("drop", f"accept queue of {l.local()} full ({l.queued} waiting, backlog "
                                f"{l.backlog}): SYN dropped (ListenOverflows)", proc=l.proc, fd=l.fd,
                                socket=l.describe(), state=ts.LISTEN)
+            # tcp_conn_request: a full request queue (inet_csk_reqsk_queue_is_full) answers
+            # with a SYN cookie and keeps no request socket, or drops without cookies.
+            if self._synq_full(l, now):
+                if not self.syncookies:
+                    return Verdict("drop", f"request queue of {l.local()} full ({len(l.synq)} half-open, "
+                                   f"backlog {l.backlog}) and net.ipv4.tcp_syncookies=0: SYN dropped",
+                                   l.proc, l.fd, l.describe(), ts.LISTEN)
+                if len(self.cookies) > 65536:
+                    self.cookies.clear()
+                self.cookies[key] = l
+                return Verdict("deliver", f"{reason}; request queue full ({len(l.synq)} half-open, backlog "
+                               f"{l.backlog}): answered with a SYN cookie, no request socket kept",
+                               l.proc, l.fd, l.describe(), ts.LISTEN)
             c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
             c.expire = now + ts.SYN_RECV_SECONDS
             c.rcv_nxt = (p.seq + 1 + p.payload_len) & 0xFFFFFFFF
             c.tsval = p.tsval
             self.est[key] = c
+            l.synq[key] = c.expire
             return Verdict("deliver", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
         if flags & RST:
             l, _ = self._listener(p, p.dst, p.dport, p.src, p.sport, steps)
@@ -612,6 +643,16 @@ class Kernel:
                                l.proc, l.fd, l.describe(), ts.LISTEN)
             return Verdict("reject", f"RST to tcp {endpoint(p.dst, p.dport)} with no socket: "
                            "nothing is sent back to a RST")
+        l = self.cookies.pop(key, None) if flags & ACK else None
+        if l is not None and l.state == "LISTEN":
+            # cookie_v4_check: the final ACK carries the cookie; the child is made now.
+            if l.queued > l.backlog:
+                return Verdict("drop", f"accept queue of {l.local()} full: the SYN cookie's final ACK "
+                               "is dropped", l.proc, l.fd, l.describe(), ts.LISTEN)
+            c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd,
+                     f"SYN cookie checked on the final ACK; listener {l.local()}", listener=l)
+            self.est[key] = c
+            return self._conn_in(c, p, now, steps)
         # A segment of a connection whose start is not in the capture.
         return self._midstream(p, p.dst, p.dport, p.src, p.sport, now, "in", steps)
 
@@ -723,6 +764,8 @@ class Kernel:
                                f"{l.backlog}): final ACK dropped, the connection stays half-open "
                                "(tcp_abort_on_overflow=0)", c.proc, l.fd, l.describe(), ts.SYN_RECV)
             c.expire = 0.0
+            if l is not None:
+                l.synq.pop(c.key, None)
             if l is not None and c.sock is None:
                 c.fd = None
                 self._accept(c, l)
@@ -823,7 +866,7 @@ class Kernel:
     def _udp_in(self, p, now, steps) -> Verdict:
         family = p.family
         chain = self.udp.get(p.dport, ())
-        if self._is_mcast(p.dst, p.link_bcast):
+        if self.is_broadcast(p.dst, p.link_bcast):
             socks = lk.udp_multicast(chain, family, p.src, p.sport, p.dst, p.ifname, steps)
             if not socks:
                 return Verdict("reject", f"no socket on udp port {p.dport} for this broadcast/multicast: "

@@ -184,7 +184,7 @@ class Dispatcher:
         if p.error is not None:
             self.malformed += 1
             return
-        if not p.family or not (k.is_local(p.dst) or (p.proto == 17 and k._is_mcast(p.dst, False))):
+        if not p.family or not (k.is_local(p.dst) or (p.proto == 17 and k.is_broadcast(p.dst, False))):
             self.ignored += 1     # router solicitations, MLD, traffic for other hosts
             return
         if p.frag is not None:
