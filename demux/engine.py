@@ -18,6 +18,21 @@ _PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 47: "gr
 _ICMP_UNREACH = {(1, 3, 3), (58, 1, 4)}
 
 
+_EP_CACHE: dict = {}
+_FLAG_CACHE = {f: flag_string(f) for f in range(256)}
+
+
+def _ep(addr: bytes, port: int) -> str:
+    # Formatting addresses is the costliest part of a record; flows repeat them.
+    key = (addr, port)
+    text = _EP_CACHE.get(key)
+    if text is None:
+        if len(_EP_CACHE) > 1 << 18:
+            _EP_CACHE.clear()
+        text = _EP_CACHE[key] = endpoint(addr, port)
+    return text
+
+
 class Record:
     """The verdict of one packet with the packet fields SPEC §3 prints."""
 
@@ -31,7 +46,7 @@ class Record:
         proto = p.proto
         addressed = len(p.src) in (4, 16) and len(p.dst) == len(p.src)
         if proto in (6, 17) and addressed and p.l4_off >= 0:
-            src, dst = endpoint(p.src, p.sport), endpoint(p.dst, p.dport)
+            src, dst = _ep(p.src, p.sport), _ep(p.dst, p.dport)
         elif addressed:
             src, dst = unpack(p.src), unpack(p.dst)
         else:
@@ -41,7 +56,7 @@ class Record:
             "n": self.n, "ts": round(self.ts, 6),
             "proto": _PROTO_NAMES.get(proto, str(proto) if proto >= 0 else ("ip" if p.family else "other")),
             "src": src, "dst": dst,
-            "flags": flag_string(p.flags) if proto == 6 and p.family else None,
+            "flags": _FLAG_CACHE[p.flags & 0xFF] if proto == 6 and p.family else None,
             "len": p.payload_len,
             "direction": self.direction, "verdict": v.verdict,
             "process": proc.name if proc is not None else None,
@@ -80,7 +95,9 @@ class Engine:
             return Record(p.n, p.ts, p, None, Verdict("malformed", p.error), frame)
         if not p.family:
             return Record(p.n, p.ts, p, None, Verdict("ignored", "not an IP packet"), frame)
-        src_local, dst_local = k.is_local(p.src), k.is_local(p.dst)
+        local = k.local_set
+        src_local = p.src in local or k.is_local(p.src)
+        dst_local = p.dst in local or k.is_local(p.dst)
         if dst_local:
             direction = "in"
         elif src_local:
