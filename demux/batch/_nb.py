@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# -- frame/packet columns (rows of the int64 array C[NCOL, K]) --------------------------
+# -- frame/packet columns (columns of the int64 array C[K, NCOL]: a frame's fields share cache lines) --------------------------
 N, TS, OFF, CAP, ORIG, IFID, LT = 0, 1, 2, 3, 4, 5, 6
 KIND, FAM, PROTO, SA_HI, SA_LO, DA_HI, DA_LO, SPORT, DPORT = 7, 8, 9, 10, 11, 12, 13, 14, 15
 FLAGS, SEQ, ACK, TSVAL, PLEN, BCAST = 16, 17, 18, 19, 20, 21
@@ -33,7 +33,8 @@ SLOW, FAST = 0, 1
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
 F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY = 0, 2, 4, 6, 8, 10   # +dir (0/1)
 F_USED = 12
-NFS = 13
+F_KEY = 13            # 5 words: the flow's two endpoints and its protocol/interface word
+NFS = 18
 STAMP_FOREVER = -2
 
 # -- scalars sc[] -----------------------------------------------------------------------
@@ -98,13 +99,13 @@ def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
                 return pos, k, W_DAMAGE, last_ns
             if pos + 16 + caplen > end:
                 return pos, k, W_MORE, last_ns
-            C[N, k] = n0 + k + 1
-            C[TS, k] = sec * 1000000000 + frac * ifs[0, I_MUL]
-            C[OFF, k] = pos + 16
-            C[CAP, k] = caplen
-            C[ORIG, k] = orig
-            C[IFID, k] = -1
-            C[LT, k] = ifs[0, I_LT]
+            C[k, N] = n0 + k + 1
+            C[k, TS] = sec * 1000000000 + frac * ifs[0, I_MUL]
+            C[k, OFF] = pos + 16
+            C[k, CAP] = caplen
+            C[k, ORIG] = orig
+            C[k, IFID] = -1
+            C[k, LT] = ifs[0, I_LT]
             k += 1
             pos += 16 + caplen
             continue
@@ -146,13 +147,13 @@ def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
                 return pos, k, W_UNSUPPORTED, last_ns
             ns = ((hi << 32) | lo) * ifs[ifid, I_MUL] + ifs[ifid, I_OFF]
             last_ns = ns
-            C[N, k] = n0 + k + 1
-            C[TS, k] = ns
-            C[OFF, k] = pos + 28
-            C[CAP, k] = caplen
-            C[ORIG, k] = orig
-            C[IFID, k] = ifid
-            C[LT, k] = ifs[ifid, I_LT]
+            C[k, N] = n0 + k + 1
+            C[k, TS] = ns
+            C[k, OFF] = pos + 28
+            C[k, CAP] = caplen
+            C[k, ORIG] = orig
+            C[k, IFID] = ifid
+            C[k, LT] = ifs[ifid, I_LT]
             k += 1
         elif btype == 3:
             if blen < 16:
@@ -165,13 +166,13 @@ def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
                 caplen = min(caplen, ifs[0, I_SNAP])
             if ifs[0, I_OK] == 0:
                 return pos, k, W_UNSUPPORTED, last_ns
-            C[N, k] = n0 + k + 1
-            C[TS, k] = last_ns
-            C[OFF, k] = pos + 12
-            C[CAP, k] = caplen
-            C[ORIG, k] = orig
-            C[IFID, k] = 0
-            C[LT, k] = ifs[0, I_LT]
+            C[k, N] = n0 + k + 1
+            C[k, TS] = last_ns
+            C[k, OFF] = pos + 12
+            C[k, CAP] = caplen
+            C[k, ORIG] = orig
+            C[k, IFID] = 0
+            C[k, LT] = ifs[0, I_LT]
             k += 1
         pos = nxt
 
@@ -202,13 +203,13 @@ def _tcp_tsval(b, i, end):
 def parse(buf, C, k):
     """Fill the packet columns of frames 0..k; KIND says whether the fast fields hold."""
     for i in range(k):
-        C[KIND, i] = SLOW
-        C[VID, i] = -1
-        C[FLOW, i] = -1
-        off = C[OFF, i]
-        dlen = C[CAP, i]
+        C[i, KIND] = SLOW
+        C[i, VID] = -1
+        C[i, FLOW] = -1
+        off = C[i, OFF]
+        dlen = C[i, CAP]
         end_f = off + dlen
-        lt = C[LT, i]
+        lt = C[i, LT]
         bcast = 0
         et = np.int64(-1)
         o = off
@@ -260,7 +261,7 @@ def parse(buf, C, k):
                     break
                 et = _u16be(buf, o + 2)
                 o += 4
-        orig_end = off + C[ORIG, i]
+        orig_end = off + C[i, ORIG]
         if et == 0x0800:
             if end_f - o < 20:
                 continue
@@ -308,34 +309,34 @@ def parse(buf, C, k):
             hl = (np.int64(buf[l4 + 12]) >> 4) * 4
             if hl < 20 or hl > have:
                 continue
-            C[FLAGS, i] = buf[l4 + 13]
-            C[SEQ, i] = _u32be(buf, l4 + 4)
-            C[ACK, i] = _u32be(buf, l4 + 8)
-            C[TSVAL, i] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
-            C[PLEN, i] = seg - hl
+            C[i, FLAGS] = buf[l4 + 13]
+            C[i, SEQ] = _u32be(buf, l4 + 4)
+            C[i, ACK] = _u32be(buf, l4 + 8)
+            C[i, TSVAL] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
+            C[i, PLEN] = seg - hl
         elif proto == 17:
             if have < 8:
                 continue
             ulen = _u16be(buf, l4 + 4)
             if ulen < 8 or ulen > seg:
                 continue
-            C[FLAGS, i] = 0
-            C[SEQ, i] = 0
-            C[ACK, i] = 0
-            C[TSVAL, i] = -1
-            C[PLEN, i] = ulen - 8
+            C[i, FLAGS] = 0
+            C[i, SEQ] = 0
+            C[i, ACK] = 0
+            C[i, TSVAL] = -1
+            C[i, PLEN] = ulen - 8
         else:
             continue
-        C[KIND, i] = FAST
-        C[FAM, i] = fam
-        C[PROTO, i] = proto
-        C[SA_HI, i] = sa_hi
-        C[SA_LO, i] = sa_lo
-        C[DA_HI, i] = da_hi
-        C[DA_LO, i] = da_lo
-        C[SPORT, i] = _u16be(buf, l4)
-        C[DPORT, i] = _u16be(buf, l4 + 2)
-        C[BCAST, i] = bcast
+        C[i, KIND] = FAST
+        C[i, FAM] = fam
+        C[i, PROTO] = proto
+        C[i, SA_HI] = sa_hi
+        C[i, SA_LO] = sa_lo
+        C[i, DA_HI] = da_hi
+        C[i, DA_LO] = da_lo
+        C[i, SPORT] = _u16be(buf, l4)
+        C[i, DPORT] = _u16be(buf, l4 + 2)
+        C[i, BCAST] = bcast
 
 
 @njit(cache=True, inline="always")
@@ -346,21 +347,21 @@ def _mix(h, v):
 
 
 @njit(cache=True)
-def _flow(C, i, fkey, fst, sc):
+def _flow(C, i, fst, sc):
     """(slot, direction of travel) of packet i's flow; inserts it if new; -1 when full."""
-    a_hi, a_lo, b_hi, b_lo = C[SA_HI, i], C[SA_LO, i], C[DA_HI, i], C[DA_LO, i]
-    ap, bp = C[SPORT, i], C[DPORT, i]
+    a_hi, a_lo, b_hi, b_lo = C[i, SA_HI], C[i, SA_LO], C[i, DA_HI], C[i, DA_LO]
+    ap, bp = C[i, SPORT], C[i, DPORT]
     d = 0
     if (a_hi > b_hi) or (a_hi == b_hi and (a_lo > b_lo or (a_lo == b_lo and ap > bp))):
         a_hi, a_lo, b_hi, b_lo, ap, bp = b_hi, b_lo, a_hi, a_lo, bp, ap
         d = 1
-    proto = C[PROTO, i]
-    meta = ap | (bp << 16) | (proto << 32) | (C[FAM, i] << 40)
+    proto = C[i, PROTO]
+    meta = ap | (bp << 16) | (proto << 32) | (C[i, FAM] << 40)
     if proto == 17:
         # A datagram's socket may depend on the interface (SO_BINDTODEVICE) and on a
         # link-layer broadcast: both are part of a UDP flow; a TCP connection is its 4-tuple.
-        meta |= ((C[IFID, i] + 1) & 0xFFF) << 44
-        meta |= C[BCAST, i] << 56
+        meta |= ((C[i, IFID] + 1) & 0xFFF) << 44
+        meta |= C[i, BCAST] << 56
     h = _mix(_mix(_mix(_mix(_mix(np.int64(0x1234567), a_hi), a_lo), b_hi), b_lo), meta)
     mask = sc[S_MASK]
     s = h & mask
@@ -369,7 +370,7 @@ def _flow(C, i, fkey, fst, sc):
             if sc[S_NFLOWS] * 2 >= mask:
                 return -1, d
             fst[s, F_USED] = 1
-            fkey[s, 0], fkey[s, 1], fkey[s, 2], fkey[s, 3], fkey[s, 4] = a_hi, a_lo, b_hi, b_lo, meta
+            fst[s, F_KEY], fst[s, F_KEY + 1], fst[s, F_KEY + 2], fst[s, F_KEY + 3], fst[s, F_KEY + 4] = a_hi, a_lo, b_hi, b_lo, meta
             fst[s, F_VID] = -1
             fst[s, F_VID + 1] = -1
             fst[s, F_SHADOW] = 0
@@ -378,14 +379,14 @@ def _flow(C, i, fkey, fst, sc):
             fst[s, F_DIRTY + 1] = 0
             sc[S_NFLOWS] += 1
             return s, d
-        if (fkey[s, 4] == meta and fkey[s, 1] == a_lo and fkey[s, 3] == b_lo
-                and fkey[s, 0] == a_hi and fkey[s, 2] == b_hi):
+        if (fst[s, F_KEY + 4] == meta and fst[s, F_KEY + 1] == a_lo and fst[s, F_KEY + 3] == b_lo
+                and fst[s, F_KEY] == a_hi and fst[s, F_KEY + 2] == b_hi):
             return s, d
         s = (s + 1) & mask
 
 
 @njit(cache=True)
-def run(C, fkey, fst, vc, sc, start, k):
+def run(C, fst, vc, sc, start, k):
     """Packets start..k that copy their flow's cached verdict; stops at the first that
     needs the kernel and returns its index (k when none does). The flow and direction
     of that packet are left in sc[S_SLOW_FLOW], sc[S_SLOW_DIR] (-1: not parsed here)."""
@@ -394,41 +395,41 @@ def run(C, fkey, fst, vc, sc, start, k):
     ev = sc[S_EVENT_NS]
     for i in range(start, k):
         sc[S_SLOW_FLOW] = -1
-        if C[TS, i] >= ev or C[KIND, i] != FAST:
+        if C[i, TS] >= ev or C[i, KIND] != FAST:
             return i
-        s, d = _flow(C, i, fkey, fst, sc)
+        s, d = _flow(C, i, fst, sc)
         if s < 0:
             return i
-        C[FLOW, i] = s
-        C[DIR, i] = d
+        C[i, FLOW] = s
+        C[i, DIR] = d
         sc[S_SLOW_FLOW] = s
         sc[S_SLOW_DIR] = d
         v = fst[s, F_VID + d]
         if v < 0:
             return i
         st = fst[s, F_STAMP + d]
-        proto = C[PROTO, i]
+        proto = C[i, PROTO]
         if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
             return i
         if proto == 6:
-            fl = C[FLAGS, i]
+            fl = C[i, FLAGS]
             if fl & 0x07:           # SYN, FIN or RST: the state machine moves
                 return i
             if fst[s, F_SHADOW + d]:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
-                end = (C[SEQ, i] + C[PLEN, i]) & 0xFFFFFFFF
+                end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
                 r = fst[s, F_RCV + d]
                 diff = (end - r) & 0xFFFFFFFF
                 if r == 0 or (diff != 0 and diff < 0x80000000):
                     fst[s, F_RCV + d] = end
-                if C[TSVAL, i] >= 0:
-                    fst[s, F_TSV + d] = C[TSVAL, i]
+                if C[i, TSVAL] >= 0:
+                    fst[s, F_TSV + d] = C[i, TSVAL]
                 fst[s, F_DIRTY + d] = 1
-        C[VID, i] = v
+        C[i, VID] = v
         vc[v, 0] += 1
-        vc[v, 1] += C[PLEN, i]
+        vc[v, 1] += C[i, PLEN]
         if vc[v, 2] < 0:
-            vc[v, 2] = C[N, i]
+            vc[v, 2] = C[i, N]
     sc[S_SLOW_FLOW] = -1
     return k
 
@@ -437,16 +438,15 @@ def run(C, fkey, fst, vc, sc, start, k):
 def count_only(C, vc, k):
     """Fold the verdict ids of frames 0..k into vc (used after a replay with no run)."""
     for i in range(k):
-        v = C[VID, i]
+        v = C[i, VID]
         if v >= 0:
             vc[v, 0] += 1
-            vc[v, 1] += C[PLEN, i]
+            vc[v, 1] += C[i, PLEN]
 
 
 @njit(cache=True, inline="always")
 def _put(out, o, src, a, n):
-    for j in range(n):
-        out[o + j] = src[a + j]
+    out[o:o + n] = src[a:a + n]
     return o + n
 
 
@@ -474,8 +474,8 @@ def _itoa(out, o, v):
 def ts_ok(C, k):
     """Can ``_ts`` write every timestamp of frames 0..k? (seconds in [2**21, 2**33))"""
     for i in range(k):
-        s = C[TS, i] // 1000000000
-        if C[TS, i] < 0 or s < (1 << 21) or s >= (1 << 33):
+        s = C[i, TS] // 1000000000
+        if C[i, TS] < 0 or s < (1 << 21) or s >= (1 << 33):
             return False
     return True
 
@@ -523,23 +523,23 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
     Python into sarena at slow_off[i]."""
     o = 0
     for i in range(k):
-        v = C[VID, i]
+        v = C[i, VID]
         if v < 0:
             o = _put(out, o, sarena, slow_off[i], slow_len[i])
             continue
-        s = C[FLOW, i]
-        d = C[DIR, i]
+        s = C[i, FLOW]
+        d = C[i, DIR]
         # '{"n": '
         out[o] = 123; out[o + 1] = 34; out[o + 2] = 110; out[o + 3] = 34; out[o + 4] = 58; out[o + 5] = 32
-        o = _itoa(out, o + 6, C[N, i])
+        o = _itoa(out, o + 6, C[i, N])
         # ', "ts": '
         out[o] = 44; out[o + 1] = 32; out[o + 2] = 34; out[o + 3] = 116; out[o + 4] = 115
         out[o + 5] = 34; out[o + 6] = 58; out[o + 7] = 32
-        o = _ts(out, o + 8, C[TS, i])
+        o = _ts(out, o + 8, C[i, TS])
         out[o] = 44; out[o + 1] = 32
         o = _put(out, o + 2, tarena, ftpl[s, 2 * d], ftpl[s, 2 * d + 1])
-        fi = C[FLAGS, i] if C[PROTO, i] == 6 else 256
+        fi = C[i, FLAGS] if C[i, PROTO] == 6 else 256
         o = _put(out, o, varena, flagtpl[fi, 0], flagtpl[fi, 1])
-        o = _itoa(out, o, C[PLEN, i])
+        o = _itoa(out, o, C[i, PLEN])
         o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
     return o

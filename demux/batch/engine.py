@@ -102,19 +102,18 @@ class _Arena:
 class BatchEngine:
     """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
 
-    def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 19, chunk: int = 1 << 16,
+    def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 17, chunk: int = 1 << 16,
                  jsonl_out=None, workers: int = 1, read_size: int = _READ):
         self.scenario = scenario
         self.eng = Engine(scenario, seed)
         self.k = self.eng.kernel
         self.K = chunk
         self.read_size = read_size
-        self.C = np.zeros((_nb.NCOL, chunk), np.int64)
+        self.C = np.zeros((chunk, _nb.NCOL), np.int64)
         cap = 1
         while cap < flow_capacity:
             cap <<= 1
         self.fcap = cap
-        self.fkey = np.zeros((cap, 5), np.int64)
         self.fst = np.zeros((cap, _nb.NFS), np.int64)
         self.ftpl = np.zeros((cap, 4), np.int64)
         self.sc = np.zeros(_nb.NSC, np.int64)
@@ -339,7 +338,7 @@ class BatchEngine:
         return rec, self.changes_tab == tab
 
     def _slow(self, buf, i: int) -> None:
-        row = self.C[:_nb.LT + 1, i].tolist()
+        row = self.C[i, :_nb.LT + 1].tolist()
         s, d = self.sc[_nb.S_SLOW_FLOW:_nb.S_SLOW_DIR + 1].tolist()
         if s >= 0 and s in self.shadowed:
             self._sync(s)
@@ -361,14 +360,16 @@ class BatchEngine:
 
     def _chunk(self, buf, k: int) -> None:
         C = self.C
-        if self.sc[_nb.S_NFLOWS] * 2 > self.fcap - 2 * k:
+        if self.sc[_nb.S_NFLOWS] * 4 > self.fcap:
+            # A quarter full: start afresh (flows still alive come back through the
+            # kernel once). Past half full within a chunk, new flows go to the kernel.
             self._clear_flows()
         _nb.parse(buf, C, k)
         run, slow = _nb.run, self._slow
-        fkey, fst, sc = self.fkey, self.fst, self.sc
+        fst, sc = self.fst, self.sc
         i = 0
         while i < k:
-            i = run(C, fkey, fst, self.vc, sc, i, k)
+            i = run(C, fst, self.vc, sc, i, k)
             if i >= k:
                 break
             slow(buf, i)
@@ -400,22 +401,22 @@ class BatchEngine:
     def _python_ts_lines(self, k: int) -> None:
         C = self.C
         for i in range(k):
-            v = int(C[_nb.VID, i])
+            v = int(C[i, _nb.VID])
             if v < 0:
                 continue
             direction, ver = self.vlist[v]
-            s, d = int(C[_nb.FLOW, i]), int(C[_nb.DIR, i])
+            s, d = int(C[i, _nb.FLOW]), int(C[i, _nb.DIR])
             tpl = bytes(self.tarena.buf[self.ftpl[s, 2 * d]:self.ftpl[s, 2 * d] + self.ftpl[s, 2 * d + 1]])
-            fi = int(C[_nb.FLAGS, i]) if C[_nb.PROTO, i] == 6 else 256
+            fi = int(C[i, _nb.FLAGS]) if C[i, _nb.PROTO] == 6 else 256
             fl = bytes(self.varena.buf[self.flagtpl[fi, 0]:self.flagtpl[fi, 0] + self.flagtpl[fi, 1]])
             suf = bytes(self.varena.buf[self.vsuf[v, 0]:self.vsuf[v, 0] + self.vsuf[v, 1]])
-            ts_text = json.dumps(round(int(C[_nb.TS, i]) / 1000000000, 6))
-            line = (b'{"n": ' + str(int(C[_nb.N, i])).encode() + b', "ts": ' + ts_text.encode() + b", "
-                    + tpl + fl + str(int(C[_nb.PLEN, i])).encode() + suf)
+            ts_text = json.dumps(round(int(C[i, _nb.TS]) / 1000000000, 6))
+            line = (b'{"n": ' + str(int(C[i, _nb.N])).encode() + b', "ts": ' + ts_text.encode() + b", "
+                    + tpl + fl + str(int(C[i, _nb.PLEN])).encode() + suf)
             self.slow_off[i] = len(self.sarena)
             self.slow_len[i] = len(line)
             self.sarena += line
-            C[_nb.VID, i] = -1       # run() has counted it already; only its line moves
+            C[i, _nb.VID] = -1       # run() has counted it already; only its line moves
 
     # ---- reading the capture -------------------------------------------------------
 

@@ -64,7 +64,7 @@ def ours_batch_parse(path: str) -> int:
 
     from demux.batch import _nb
     K = 1 << 16
-    C = np.zeros((_nb.NCOL, K), np.int64)
+    C = np.zeros((K, _nb.NCOL), np.int64)
     data = np.fromfile(path, np.uint8)
     ifs = np.zeros((1, 7), np.int64)
     le = data[:4].tobytes() in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
