@@ -81,7 +81,8 @@ def test_synthetic_small_table(synth_capture):
     # A flow table this small fills and is cleared many times; a chunk of 1000 frames
     # and a 64 KiB read split records everywhere.
     path, sc = synth_capture
-    _same(path, sc, 1, flow_capacity=256, chunk=1000, read_size=65536)
+    _same(path, sc, 1, flow_capacity=256, chunk=1000, read_size=65536, gc_floor=16)
+    _same(path, sc, 2, chunk=512, gc_floor=4)
 
 
 def test_truncated(synth_capture, tmp_path):
@@ -230,7 +231,8 @@ def _write(path, flows, pkts):
 def test_generated_traffic(tmp_path, flows, pkts, workers, chunk):
     path = str(tmp_path / "g.pcap")
     _write(path, flows, pkts)
-    _same(path, scen.loads(SCENARIO), workers, chunk=chunk, flow_capacity=16 if chunk == 5 else 4096)
+    _same(path, scen.loads(SCENARIO), workers, chunk=chunk, flow_capacity=16 if chunk == 5 else 4096,
+          gc_floor=2 if chunk == 5 else 1 << 15)
 
 
 def test_generated_handshakes(tmp_path):

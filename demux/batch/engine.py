@@ -103,7 +103,7 @@ class BatchEngine:
     """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
 
     def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 17, chunk: int = 1 << 16,
-                 jsonl_out=None, workers: int = 1, read_size: int = _READ):
+                 jsonl_out=None, workers: int = 1, read_size: int = _READ, gc_floor: int = 1 << 15):
         self.scenario = scenario
         self.eng = Engine(scenario, seed)
         self.k = self.eng.kernel
@@ -123,7 +123,12 @@ class BatchEngine:
         self.vc[:, 2] = -1
         self.vsuf = np.zeros((1024, 2), np.int64)
         self.vids: dict[tuple, int] = {}
-        self.vlist: list[tuple[str, Verdict]] = []
+        self.vlist: list = []                 # vid -> (direction, Verdict, key) or None (free)
+        self.free: list[int] = []
+        self.gc_floor = self.gc_at = gc_floor
+        self.agg_counts = dict.fromkeys(("deliver", "reject", "drop", "outbound", "ignored", "malformed"), 0)
+        self.agg_proc: dict = {}
+        self.finfo: dict[int, tuple] = {}
         self.shadowed: dict[int, list] = {}
         self.summary = Summary(scenario)
         self.first_n: dict[tuple[str, int], int] = {}
@@ -144,10 +149,7 @@ class BatchEngine:
         self.max_suf = 0
         self.flagtpl = np.zeros((257, 2), np.int64)
         if jsonl_out is not None:
-            for f in range(256):
-                self.flagtpl[f] = self.varena.add(
-                    (', "flags": ' + json.dumps(flag_string(f)) + ', "len": ').encode())
-            self.flagtpl[256] = self.varena.add(b', "flags": null, "len": ')
+            self._flag_templates()
         self.workers = max(1, workers)
         self._writer = None
         self._watch()
@@ -178,15 +180,30 @@ class BatchEngine:
     # ---- verdict ids -----------------------------------------------------------------
 
     def _vid(self, direction: str, v: Verdict) -> int:
+        """The id of an observed verdict (interned on every field)."""
         proc = v.proc
         copies = tuple((id(p), fd) for p, fd in v.copies) if v.copies else None
-        key = (direction, v.verdict, v.reason, id(proc) if proc is not None else None, v.fd,
-               v.socket, v.state, v.reply, copies)
+        key = (direction, v.verdict, v.reason, proc, v.fd, v.socket, v.state, v.reply, copies)
+        vid = self.vids.get(key)
+        return vid if vid is not None else self._register(key, direction, v)
+
+    def _vid_conn(self, direction: str, c) -> int:
+        """The id of the verdict a plain segment of connection ``c`` gets: deliver (in)
+        or outbound (out) with the connection's reason, owner and description."""
+        key = (direction, c, c.state, c.fd, c.reason)
         vid = self.vids.get(key)
         if vid is not None:
             return vid
-        vid = len(self.vlist)
-        self.vlist.append((direction, v))
+        v = Verdict("deliver" if direction == "in" else "outbound", c.reason, c.proc, c.fd, c.describe(), c.state)
+        return self._register(key, direction, v)
+
+    def _register(self, key, direction: str, v: Verdict) -> int:
+        if self.free:
+            vid = self.free.pop()
+            self.vlist[vid] = (direction, v, key)
+        else:
+            vid = len(self.vlist)
+            self.vlist.append((direction, v, key))
         self.vids[key] = vid
         if vid >= len(self.vc):
             vc = np.zeros((2 * len(self.vc), 3), np.int64)
@@ -197,14 +214,70 @@ class BatchEngine:
             vs[:len(self.vsuf)] = self.vsuf
             self.vsuf = vs
         if self.out is not None:
-            d = {"direction": direction, "verdict": v.verdict,
-                 "process": proc.name if proc is not None else None,
-                 "pid": proc.pid if proc is not None else None,
-                 "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason, "reply": v.reply}
-            b = (", " + self.enc(d)[1:] + "\n").encode()
-            self.vsuf[vid] = self.varena.add(b)
-            self.max_suf = max(self.max_suf, len(b))
+            self._suffix(vid, direction, v)
         return vid
+
+    def _suffix(self, vid: int, direction: str, v: Verdict) -> None:
+        proc = v.proc
+        d = {"direction": direction, "verdict": v.verdict,
+             "process": proc.name if proc is not None else None,
+             "pid": proc.pid if proc is not None else None,
+             "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason, "reply": v.reply}
+        b = (", " + self.enc(d)[1:] + "\n").encode()
+        self.vsuf[vid] = self.varena.add(b)
+        self.max_suf = max(self.max_suf, len(b))
+
+    def _harvest(self, vid: int) -> None:
+        """Move a verdict id's counts into the running totals and free the id."""
+        direction, v, key = self.vlist[vid]
+        cnt = int(self.vc[vid, 0])
+        if cnt:
+            self.agg_counts[v.verdict] += cnt
+            if v.verdict == "deliver":
+                size = int(self.vc[vid, 1])
+                fn = int(self.vc[vid, 2])
+                for proc, _fd in (v.copies if v.copies else ((v.proc, v.fd),)):
+                    if proc is None:
+                        continue
+                    pk = (proc.name, proc.pid)
+                    e = self.agg_proc.get(pk)
+                    if e is None:
+                        e = self.agg_proc[pk] = [0, 0, proc]
+                    e[0] += cnt
+                    e[1] += size
+                    if pk not in self.first_n or fn < self.first_n[pk]:
+                        self.first_n[pk] = fn
+        self.vc[vid] = (0, 0, -1)
+        del self.vids[key]
+        self.vlist[vid] = None
+        self.free.append(vid)
+
+    def _gc(self) -> None:
+        """Free the verdict ids no flow refers to any more (their counts are kept), so
+        memory follows the live flows, not the capture's length."""
+        if self._writer is not None:
+            self._writer.drain()      # it may still read the freed ids' templates
+        fst = self.fst
+        used = fst[:, _nb.F_USED] == 1
+        refs = np.unique(np.concatenate((fst[used, _nb.F_VID], fst[used, _nb.F_VID + 1])))
+        live = set(refs[refs >= 0].tolist())
+        for vid, entry in enumerate(self.vlist):
+            if entry is not None and vid not in live:
+                self._harvest(vid)
+        self.gc_at = max(self.gc_floor, 2 * len(live))
+        if self.out is not None and self.varena.used > 4 * (1 << 20):
+            # Compact the verdict templates: only flags and live ids are kept.
+            self.varena = _Arena()
+            self._flag_templates()
+            for vid in live:
+                direction, v, _key = self.vlist[vid]
+                self._suffix(vid, direction, v)
+
+    def _flag_templates(self) -> None:
+        for f in range(256):
+            self.flagtpl[f] = self.varena.add(
+                (', "flags": ' + json.dumps(flag_string(f)) + ', "len": ').encode())
+        self.flagtpl[256] = self.varena.add(b', "flags": null, "len": ')
 
     # ---- the flow cache --------------------------------------------------------------
 
@@ -240,39 +313,56 @@ class BatchEngine:
         self.ftpl[s, 2 * d], self.ftpl[s, 2 * d + 1] = self.tarena.add(t)
         self.max_tpl = max(self.max_tpl, len(t))
 
-    def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
-        fst, k = self.fst, self.k
-        if p.proto == 6:
-            est = k.est
-            conns = [None, None]
+    def _flow_info(self, s: int, d: int, p) -> tuple:
+        """Per direction of travel of flow ``s``: (kind, key of the receiving connection,
+        key of the sending one, src, sport, dst, dport); kind is in/out/loop/transit."""
+        info = self.finfo.get(s)
+        if info is None:
+            k = self.k
+            both = []
             for dd in (0, 1):
                 src, sport, dst, dport = ((p.src, p.sport, p.dst, p.dport) if dd == d
                                           else (p.dst, p.dport, p.src, p.sport))
-                vid, stamp, shadow = -1, self.sc[_nb.S_GEN_TCP], None
-                src_local, dst_local = k.is_local(src), k.is_local(dst)
-                if dst_local:
-                    c = est.get((dst, dport, src, sport))
-                    if self._conn_ok(c) and (not src_local or self._conn_ok(est.get((src, sport, dst, dport)))):
-                        vid = self._vid("in", Verdict("deliver", c.reason, c.proc, c.fd, c.describe(), c.state))
+                sl, dl = k.is_local(src), k.is_local(dst)
+                kind = ("loop" if sl else "in") if dl else ("out" if sl else "transit")
+                both.append((kind, (dst, dport, src, sport), (src, sport, dst, dport), src, sport, dst, dport))
+            info = self.finfo[s] = (both[0], both[1])
+        return info
+
+    def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
+        fst = self.fst
+        if p.proto == 6:
+            est = self.k.est
+            ok = self._conn_ok
+            conns = None
+            stamp = self.sc[_nb.S_GEN_TCP]
+            for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(self._flow_info(s, d, p)):
+                vid, st, shadow = -1, stamp, None
+                if kind == "in" or kind == "loop":
+                    c = est.get(key_in)
+                    if ok(c) and (kind == "in" or ok(est.get(key_out))):
+                        vid = self._vid_conn("in", c)
                         shadow = c
-                elif src_local:
-                    c = est.get((src, sport, dst, dport))
-                    if self._conn_ok(c):
-                        vid = self._vid("out", Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state))
+                elif kind == "out":
+                    c = est.get(key_out)
+                    if ok(c):
+                        vid = self._vid_conn("out", c)
                 else:
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
-                    stamp = _nb.STAMP_FOREVER
+                    st = _nb.STAMP_FOREVER
                 fst[s, _nb.F_VID + dd] = vid
-                fst[s, _nb.F_STAMP + dd] = stamp
-                if vid >= 0:
+                fst[s, _nb.F_STAMP + dd] = st
+                if vid >= 0 and self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)
                 if shadow is not None:
+                    if conns is None:
+                        conns = [None, None]
                     conns[dd] = shadow
                     fst[s, _nb.F_SHADOW + dd] = 1
                     fst[s, _nb.F_DIRTY + dd] = 0
                     fst[s, _nb.F_RCV + dd] = shadow.rcv_nxt
                     fst[s, _nb.F_TSV + dd] = -1 if shadow.tsval is None else shadow.tsval
-            if conns[0] is not None or conns[1] is not None:
+            if conns is not None:
                 self.shadowed[s] = conns
             return
         # UDP: the verdict just seen, if nothing in the table moved while it was decided.
@@ -297,7 +387,9 @@ class BatchEngine:
         self.fst[:] = 0
         self.ftpl[:] = 0
         self.tarena.clear()
+        self.finfo.clear()
         self.sc[_nb.S_NFLOWS] = 0
+        self._gc()
 
     # ---- the kernel path -----------------------------------------------------------
 
@@ -376,6 +468,8 @@ class BatchEngine:
             i += 1
         if self.out is not None:
             self._emit(k)
+        if len(self.vids) > self.gc_at:
+            self._gc()
 
     def _emit(self, k: int) -> None:
         sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
@@ -404,7 +498,7 @@ class BatchEngine:
             v = int(C[i, _nb.VID])
             if v < 0:
                 continue
-            direction, ver = self.vlist[v]
+            direction, ver, _key = self.vlist[v]
             s, d = int(C[i, _nb.FLOW]), int(C[i, _nb.DIR])
             tpl = bytes(self.tarena.buf[self.ftpl[s, 2 * d]:self.ftpl[s, 2 * d] + self.ftpl[s, 2 * d + 1]])
             fi = int(C[i, _nb.FLAGS]) if C[i, _nb.PROTO] == 6 else 256
@@ -570,31 +664,21 @@ class BatchEngine:
     # ---- the summary -----------------------------------------------------------------
 
     def _finish_summary(self) -> Summary:
+        for vid, entry in enumerate(self.vlist):
+            if entry is not None:
+                self._harvest(vid)
         summ = self.summary
-        first = dict(self.first_n)
-        vc = self.vc
-        for vid, (direction, v) in enumerate(self.vlist):
-            cnt = int(vc[vid, 0])
-            if not cnt:
-                continue
+        for verdict, cnt in self.agg_counts.items():
             summ.packets += cnt
-            summ.counts[v.verdict] += cnt
-            if v.verdict != "deliver":
-                continue
-            size = int(vc[vid, 1])
-            for proc, _fd in (v.copies if v.copies else ((v.proc, v.fd),)):
-                if proc is None:
-                    continue
-                key = (proc.name, proc.pid)
-                entry = summ.per_proc.get(key)
-                if entry is None:
-                    entry = summ.per_proc[key] = [0, 0, proc]
-                entry[0] += cnt
-                entry[1] += size
-                fn = int(vc[vid, 2])
-                if key not in first or fn < first[key]:
-                    first[key] = fn
+            summ.counts[verdict] += cnt
+        for pk, (cnt, size, proc) in self.agg_proc.items():
+            entry = summ.per_proc.get(pk)
+            if entry is None:
+                entry = summ.per_proc[pk] = [0, 0, proc]
+            entry[0] += cnt
+            entry[1] += size
         # The reference lists processes in the order they first received a packet.
+        first = self.first_n
         summ.per_proc = dict(sorted(summ.per_proc.items(), key=lambda kv: first.get(kv[0], 0)))
         return summ
 
