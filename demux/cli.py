@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="apply a scenario's socket calls and report each outcome")
     c.add_argument("scenario")
     c.add_argument("--json", action="store_true", help="one JSON array, an object per call")
+    c.add_argument("--connect-capacity", metavar="ADDR:PORT",
+                   help="what-if: how many more connections the host can open to ADDR:PORT")
+    c.add_argument("--time-wait", type=int, default=0, metavar="N",
+                   help="with --connect-capacity: N connections to it closed in the last 60 s")
 
     r = sub.add_parser("replay", help="the verdict of every packet of a capture")
     r.add_argument("capture", help="pcap or pcapng file, or - for standard input")

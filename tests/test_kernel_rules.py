@@ -361,3 +361,18 @@ def test_A7_full_request_queue_answers_with_syn_cookies():
     assert k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0).verdict == "deliver"
     assert k.input(seg("10.9.0.2", 5001, "10.9.0.1", 80, ts=1.0), 1.0).verdict == "drop"
     assert k.input(seg("10.9.0.2", 5002, "10.9.0.1", 80, ts=70.0), 70.0).state == "SYN-RECV"
+
+
+def test_D_connect_capacity_matches_connecting_until_eaddrnotavail():
+    sysctl = ('[sysctl]\n"net.ipv4.ip_local_port_range" = "60000 60013"\n'
+              '"net.ipv4.ip_local_reserved_ports" = "60003"\n')
+    held = '{proto="tcp", bind="0.0.0.0:60005", listen=false}'
+    k = kernel(held, sysctl=sysctl)
+    cap = k.connect_capacity(pack("10.9.0.2"), 80)
+    assert (cap["ports_walked"], cap["reserved"], cap["held_by_bind"]) == (14, 1, 1)
+    k2 = kernel(held + "," + ",".join(['{proto="tcp", connect="10.9.0.2:80"}'] * 14), sysctl=sysctl)
+    r = results(k2)[1:]
+    assert r.count("ok") == cap["free"] == 12 and r[12:] == ["EADDRNOTAVAIL"] * 2
+    # Connections closed into TIME-WAIT hold their 4-tuples; towards loopback tcp_tw_reuse=2 frees them.
+    assert k.connect_capacity(pack("10.9.0.2"), 80, time_wait=5)["free"] == 7
+    assert k.connect_capacity(pack("127.0.0.1"), 80, time_wait=5)["free"] == 12

@@ -464,6 +464,34 @@ class Kernel:
         self.est[key] = c
         return "ok", f"connected to {endpoint(raddr, rport)} from {sk.local()}"
 
+    def connect_capacity(self, raddr: bytes, rport: int, time_wait: int = 0) -> dict:
+        """How many concurrent connect()s one source address can open towards
+        ``raddr:rport`` before EADDRNOTAVAIL (the NAT question), from the same rules
+        ``connect`` applies: the walk of ``__inet_hash_connect`` over an even-sized
+        ip_local_port_range, minus reserved ports, ports bind() holds and 4-tuples in
+        use; ``time_wait`` more connections closed in the last 60 s hold theirs too,
+        unless net.ipv4.tcp_tw_reuse allows reuse (2, the default: loopback only)."""
+        family = 4 if len(raddr) == 4 else 6
+        src = self.source_address(raddr, family)
+        if src is None:
+            raise ValueError("no source address of that family")
+        walk = [port for _, port in bindrules.connect_port_candidates(self.port_low, self.port_high,
+                                                                      set(), 0)]
+        reserved = sum(1 for port in walk if port in self.reserved)
+        bound = sum(1 for port in walk if port not in self.reserved
+                    and any(not o.by_connect for o in self.owners.get(("tcp", port), ())))
+        in_use = sum(1 for (a, lp, ra, rp) in self.est if a == src and ra == raddr and rp == rport)
+        tw_reuse = int(self.scenario.sysctl["net.ipv4.tcp_tw_reuse"])
+        loopback = raddr[0] == 127 if family == 4 else raddr == LOOPBACK6
+        tw_held = 0 if (tw_reuse == 1 or (tw_reuse == 2 and loopback)) else time_wait
+        usable = len(walk) - reserved - bound
+        free = max(usable - in_use - tw_held, 0)
+        return {"source": unpack(src), "destination": endpoint(raddr, rport),
+                "port_range": f"{self.port_low}-{self.port_high}", "ports_walked": len(walk),
+                "reserved": reserved, "held_by_bind": bound, "usable": usable,
+                "established": in_use, "time_wait": tw_held, "free": free,
+                "per_second_sustained": round(usable / ts.TIME_WAIT_SECONDS, 1) if tw_held else None}
+
     def _forget(self, sk: Sock) -> None:
         for table in (self.owners.get((sk.proto, sk.port)), self.listeners.get(sk.port) if sk.proto == "tcp" else None,
                       self.udp.get(sk.port) if sk.proto == "udp" else None):
