@@ -47,7 +47,8 @@ def frame_bytes(src, dst, proto, sport, dport, flags, payload):
         src = "fd9::2" if ":" not in src else src
     ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
     l4 = TCP(sport=sport, dport=dport, flags=flags, seq=1000) if proto == "tcp" else UDP(sport=sport, dport=dport)
-    return bytes(Ether() / ip / l4 / payload)
+    # Explicit MACs: without them scapy resolves each destination, which is slow.
+    return bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / ip / l4 / payload)
 
 
 packet_st = st.tuples(st.booleans(), st.sampled_from(PEERS), st.sampled_from(HOST), st.sampled_from(["tcp", "udp"]),

@@ -180,9 +180,11 @@ class Stack:
 
     # ---- segments in -----------------------------------------------------------------
 
-    def input(self, p, proc, now: float, listener=None, backlog: int | None = None) -> list[bytes]:
+    def input(self, p, proc, now: float, listener=None, backlog: int | None = None,
+              cookie: bool = False) -> list[bytes]:
         """A segment the kernel delivered to ``proc``'s socket. ``listener`` (any
-        hashable) and ``backlog`` name the listener when the segment is a SYN it took."""
+        hashable) and ``backlog`` name the listener when the segment is a SYN it took;
+        ``cookie`` says the kernel's request queue was full, so the SYN gets a cookie."""
         key = (p.dst, p.dport, p.src, p.sport)
         flags = p.flags
         c = self.conns.get(key)
@@ -190,16 +192,16 @@ class Stack:
             self._remove(c, "TIME-WAIT reopened by a new SYN")      # tcp_timewait_state_process
             c = None
         if c is None:
-            return self._no_conn(p, key, proc, now, listener, backlog)
+            return self._no_conn(p, key, proc, now, listener, backlog, cookie)
         return self._conn_input(c, p, now)
 
-    def _no_conn(self, p, key, proc, now, listener, backlog) -> list[bytes]:
+    def _no_conn(self, p, key, proc, now, listener, backlog, cookie=False) -> list[bytes]:
         flags = p.flags
         if flags & RST:
             return []
         if flags & SYN and not flags & ACK:
             mss = self._peer_mss(p)
-            if backlog is not None and self.half_open.get(listener, 0) >= max(backlog, 1):
+            if cookie or (backlog is not None and self.half_open.get(listener, 0) >= max(backlog, 1)):
                 # inet_csk_reqsk_queue_is_full -> tcp_syn_flood_action: a cookie, no state.
                 self.stats["syncookies_sent"] += 1
                 self.on_forget(key)
