@@ -207,11 +207,16 @@ class Dispatcher:
                 listener = backlog = None
                 # A SYN the kernel took without a request socket was answered by a cookie.
                 cookie = v.state == ts.LISTEN and p.flags & 0x12 == 0x02
+                proc = v.proc
                 if v.state == ts.SYN_RECV:
                     kc = k.est.get((p.dst, p.dport, p.src, p.sport))
                     if kc is not None and kc.listener is not None:
                         listener, backlog = id(kc.listener), kc.listener.backlog
-                self._send_all(self.stack.input(p, v.proc, now, listener, backlog, cookie), now)
+                        if not kc.listener.accept:
+                            # The process never calls accept(): the kernel ACKs the data,
+                            # which waits in the queued socket and reaches no handler.
+                            proc = None
+                self._send_all(self.stack.input(p, proc, now, listener, backlog, cookie), now)
             else:
                 self._udp(p, v)
         elif verdict == "reject":
