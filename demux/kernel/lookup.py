@@ -102,33 +102,28 @@ def _in_bucket(sk: Sock, family: int, addr: bytes) -> bool:
 
 def tcp_listener(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr: bytes, dport: int,
                  ifname: str | None, seed: int, steps: list | None) -> tuple[Sock | None, bool]:
-    """``__inet_lookup_listener``: the exact-address bucket, then the wildcard bucket.
-    Returns (socket, matched in the exact bucket)."""
+    """``__inet_lookup_listener``: the exact-address bucket, then the wildcard bucket
+    (``inet_lhash2_lookup`` on each). Returns (socket, matched in the exact bucket)."""
     wild = ANY4 if family == 4 else ANY6
     for exact, addr in ((True, daddr), (False, wild)):
         hiscore, result = 0, None
         bucket = [sk for sk in chain if _in_bucket(sk, family, addr)]
+        if steps is not None:
+            steps.append(f"listeners on {endpoint(addr, dport)}{' (exact address)' if exact else ' (wildcard)'}: "
+                         + (f"{len(bucket)}, in chain order; the first best score wins" if bucket else "none"))
         for sk in bucket:
             score = _tcp_score(sk, family, addr, ifname)
             if steps is not None:
                 steps.append(f"  {sk.owner()} {sk.describe()}: score {score}"
                              + (f" (bound to {sk.device})" if sk.device and score > 0 else "")
-                             + (" (AF_INET6 socket: IPV6_V6ONLY refuses IPv4)" if score < 0 and family == 4 and sk.v6only else ""))
+                             + (" (IPV6_V6ONLY refuses IPv4)" if score < 0 and family == 4 and sk.v6only else ""))
             if score > hiscore:
+                # inet_lookup_reuseport: a group member ends the search at once.
                 if sk.group is not None:
                     picked = reuseport_select(sk.group, flow_hash(seed, saddr, sport, daddr, dport), steps)
                     if picked is not None:
                         return picked, exact
                 result, hiscore = sk, score
-        if steps is not None:
-            where = endpoint(addr, dport)
-            if result is None:
-                steps.insert(len(steps) - len(bucket), f"listeners on {where}"
-                             f"{' (exact address)' if exact else ' (wildcard)'}: "
-                             + ("none" if not bucket else "none matches"))
-            else:
-                steps.insert(len(steps) - len(bucket), f"listeners on {where}"
-                             f"{' (exact address)' if exact else ' (wildcard)'}: {len(bucket)}, highest score wins")
         if result is not None:
             return result, exact
     return None, False
