@@ -376,3 +376,37 @@ def test_D_connect_capacity_matches_connecting_until_eaddrnotavail():
     # Connections closed into TIME-WAIT hold their 4-tuples; towards loopback tcp_tw_reuse=2 frees them.
     assert k.connect_capacity(pack("10.9.0.2"), 80, time_wait=5)["free"] == 7
     assert k.connect_capacity(pack("127.0.0.1"), 80, time_wait=5)["free"] == 12
+
+
+def test_A1_established_hash_first_even_against_a_better_listener():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", reuseport=true}, '
+               '{proto="tcp", bind="10.9.0.1:80", reuseport=true, at = 5.0}', timeline=True)
+    k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0)
+    k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80, flags=".", seq=1001), 0.1)
+    k.advance(6.0)
+    v = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80, flags="P.", seq=1001, plen=5, ts=7.0), 7.0)
+    assert v.state == "ESTAB" and v.socket.startswith("tcp ESTAB") and v.proc.name == "p"
+    # A new flow now goes to the specific listener (fd 5: the accepted connection took 4).
+    assert deliver_fd(k, seg("10.9.0.2", 5001, "10.9.0.1", 80, ts=8.0)) == 5
+
+
+def test_A5_reuseport_groups_need_same_address_uid_family_v6only():
+    procs = ('[[process]]\nname = "a"\nuid = 1000\nsockets = [{proto="tcp", bind="0.0.0.0:8080", reuseport=true},'
+             '{proto="tcp", bind="0.0.0.0:8080", reuseport=true}, {proto="tcp", bind="10.9.0.1:8080", reuseport=true},'
+             '{proto="tcp", bind="[::]:8080", reuseport=true, v6only=true}]\n')
+    k = kernel("", procs)
+    socks = [k._by_index[(0, i)] for i in range(4)]
+    assert socks[0].group is socks[1].group
+    assert len({id(s.group) for s in socks}) == 3
+
+
+def test_F9_reuseport_chain_order_beats_device_score():
+    # Verified on the real kernel: the first matching reuseport socket ends the search, and
+    # newer AF_INET listeners sit at the head of the chain.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", device="eth0", reuseport=true},'
+               '{proto="tcp", bind="0.0.0.0:80", reuseport=true}')
+    assert deliver_fd(k, seg("10.9.0.2", 5000, "10.9.0.1", 80, ifname="eth0")) == 4
+    # AF_INET6 reuseport listeners go to the tail: the first bound wins.
+    k = kernel('{proto="tcp", bind="[::]:80", device="eth0", reuseport=true},'
+               '{proto="tcp", bind="[::]:80", reuseport=true}')
+    assert deliver_fd(k, seg("fd9::2", 5000, "fd9::1", 80, ifname="eth0")) == 3
