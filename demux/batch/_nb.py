@@ -31,7 +31,9 @@ NCOL = 25
 SLOW, FAST = 0, 1
 
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
-F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY = 0, 2, 4, 6, 8, 10   # +dir (0/1)
+# Six words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
+# its generation stamp, the shadowed rcv_nxt and timestamp, shadowed?, moved since?
+F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6
 F_USED = 12
 F_KEY = 13            # 5 words: the flow's two endpoints and its protocol/interface word
 NFS = 18
@@ -372,11 +374,11 @@ def _flow(C, i, fst, sc):
             fst[s, F_USED] = 1
             fst[s, F_KEY], fst[s, F_KEY + 1], fst[s, F_KEY + 2], fst[s, F_KEY + 3], fst[s, F_KEY + 4] = a_hi, a_lo, b_hi, b_lo, meta
             fst[s, F_VID] = -1
-            fst[s, F_VID + 1] = -1
+            fst[s, F_VID + F_DSTRIDE * 1] = -1
             fst[s, F_SHADOW] = 0
-            fst[s, F_SHADOW + 1] = 0
+            fst[s, F_SHADOW + F_DSTRIDE * 1] = 0
             fst[s, F_DIRTY] = 0
-            fst[s, F_DIRTY + 1] = 0
+            fst[s, F_DIRTY + F_DSTRIDE * 1] = 0
             sc[S_NFLOWS] += 1
             return s, d
         if (fst[s, F_KEY + 4] == meta and fst[s, F_KEY + 1] == a_lo and fst[s, F_KEY + 3] == b_lo
@@ -404,10 +406,10 @@ def run(C, fst, vc, sc, start, k):
         C[i, DIR] = d
         sc[S_SLOW_FLOW] = s
         sc[S_SLOW_DIR] = d
-        v = fst[s, F_VID + d]
+        v = fst[s, F_VID + F_DSTRIDE * d]
         if v < 0:
             return i
-        st = fst[s, F_STAMP + d]
+        st = fst[s, F_STAMP + F_DSTRIDE * d]
         proto = C[i, PROTO]
         if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
             return i
@@ -415,16 +417,16 @@ def run(C, fst, vc, sc, start, k):
             fl = C[i, FLAGS]
             if fl & 0x07:           # SYN, FIN or RST: the state machine moves
                 return i
-            if fst[s, F_SHADOW + d]:
+            if fst[s, F_SHADOW + F_DSTRIDE * d]:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
                 end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
-                r = fst[s, F_RCV + d]
+                r = fst[s, F_RCV + F_DSTRIDE * d]
                 diff = (end - r) & 0xFFFFFFFF
                 if r == 0 or (diff != 0 and diff < 0x80000000):
-                    fst[s, F_RCV + d] = end
+                    fst[s, F_RCV + F_DSTRIDE * d] = end
                 if C[i, TSVAL] >= 0:
-                    fst[s, F_TSV + d] = C[i, TSVAL]
-                fst[s, F_DIRTY + d] = 1
+                    fst[s, F_TSV + F_DSTRIDE * d] = C[i, TSVAL]
+                fst[s, F_DIRTY + F_DSTRIDE * d] = 1
         C[i, VID] = v
         vc[v, 0] += 1
         vc[v, 1] += C[i, PLEN]

@@ -259,7 +259,7 @@ class BatchEngine:
             self._writer.drain()      # it may still read the freed ids' templates
         fst = self.fst
         used = fst[:, _nb.F_USED] == 1
-        refs = np.unique(np.concatenate((fst[used, _nb.F_VID], fst[used, _nb.F_VID + 1])))
+        refs = np.unique(np.concatenate((fst[used, _nb.F_VID], fst[used, _nb.F_VID + _nb.F_DSTRIDE])))
         live = set(refs[refs >= 0].tolist())
         for vid, entry in enumerate(self.vlist):
             if entry is not None and vid not in live:
@@ -289,13 +289,13 @@ class BatchEngine:
         fst = self.fst
         for d in (0, 1):
             c = conns[d]
-            if c is not None and fst[s, _nb.F_DIRTY + d]:
-                c.rcv_nxt = int(fst[s, _nb.F_RCV + d])
-                tsv = int(fst[s, _nb.F_TSV + d])
+            if c is not None and fst[s, _nb.F_DIRTY + _nb.F_DSTRIDE * d]:
+                c.rcv_nxt = int(fst[s, _nb.F_RCV + _nb.F_DSTRIDE * d])
+                tsv = int(fst[s, _nb.F_TSV + _nb.F_DSTRIDE * d])
                 if tsv >= 0:
                     c.tsval = tsv
-            fst[s, _nb.F_SHADOW + d] = 0
-            fst[s, _nb.F_DIRTY + d] = 0
+            fst[s, _nb.F_SHADOW + _nb.F_DSTRIDE * d] = 0
+            fst[s, _nb.F_DIRTY + _nb.F_DSTRIDE * d] = 0
 
     def _sync_all(self) -> None:
         for s in list(self.shadowed):
@@ -350,18 +350,17 @@ class BatchEngine:
                 else:
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
                     st = _nb.STAMP_FOREVER
-                fst[s, _nb.F_VID + dd] = vid
-                fst[s, _nb.F_STAMP + dd] = st
                 if vid >= 0 and self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)
+                b = _nb.F_DSTRIDE * dd
                 if shadow is not None:
                     if conns is None:
                         conns = [None, None]
                     conns[dd] = shadow
-                    fst[s, _nb.F_SHADOW + dd] = 1
-                    fst[s, _nb.F_DIRTY + dd] = 0
-                    fst[s, _nb.F_RCV + dd] = shadow.rcv_nxt
-                    fst[s, _nb.F_TSV + dd] = -1 if shadow.tsval is None else shadow.tsval
+                    # vid, stamp, rcv_nxt, timestamp, shadowed, not moved yet
+                    fst[s, b:b + 6] = (vid, st, shadow.rcv_nxt, -1 if shadow.tsval is None else shadow.tsval, 1, 0)
+                else:
+                    fst[s, b:b + 2] = (vid, st)
             if conns is not None:
                 self.shadowed[s] = conns
             return
@@ -374,8 +373,8 @@ class BatchEngine:
             stamp = _nb.STAMP_FOREVER
         elif quiet and v.verdict in ("deliver", "outbound") and rec.packet is p:
             vid = self._vid(rec.direction, v)
-        fst[s, _nb.F_VID + d] = vid
-        fst[s, _nb.F_STAMP + d] = stamp
+        fst[s, _nb.F_VID + _nb.F_DSTRIDE * d] = vid
+        fst[s, _nb.F_STAMP + _nb.F_DSTRIDE * d] = stamp
         if vid >= 0:
             self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
 
