@@ -11,13 +11,21 @@ from __future__ import annotations
 import os
 
 
-def usable(args) -> bool:
-    """Can ``demux replay`` with these arguments run on the batch engine?"""
+# Below this size ``--engine auto`` keeps the reference engine: loading the compiled
+# numba code (about half a second) costs more than it saves.
+AUTO_MIN_BYTES = 32 << 20
+
+
+def usable(args, auto: bool = False) -> bool:
+    """Can ``demux replay`` with these arguments run on the batch engine? With ``auto``,
+    also: is the capture big enough for it to pay?"""
     if args.capture == "-" or not os.path.isfile(args.capture):
         return False
     if getattr(args, "split", None) or getattr(args, "annotate", None):
         return False
-    return bool(args.summary) or args.format == "jsonl"
+    if not (args.summary or args.format == "jsonl"):
+        return False
+    return not auto or os.path.getsize(args.capture) >= AUTO_MIN_BYTES
 
 
 def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None, **tuning):
