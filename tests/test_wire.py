@@ -45,7 +45,7 @@ def test_required_spec_names_present():
     tcp.window_size_value tcp.checksum tcp.options.mss_val tcp.options.wscale.shift
     tcp.options.timestamp.tsval tcp.options.timestamp.tsecr tcp.options.sack_perm
     tcp.options.sack_le tcp.options.sack_re udp.srcport udp.dstport udp.length udp.checksum
-    eth.dst eth.src eth.type vlan.id sll.pkttype ip.dsfield.dscp ip.flags.mf ip.frag_offset
+    eth.dst eth.src eth.type vlan.id sll.pkttype ip.dsfield ip.dsfield.dscp ip.flags.mf ip.frag_offset
     ipv6.tclass tcp.urgent_pointer""".split()
     assert set(required) <= names
 

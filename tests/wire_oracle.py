@@ -20,7 +20,7 @@ def norm6(addr: str) -> str:
 def ip_fields(ip) -> dict:
     """Wireshark name -> value, for scapy's IPv4 or IPv6 layer."""
     if isinstance(ip, IP):
-        return {"ip.version": ip.version, "ip.hdr_len": ip.ihl * 4, "ip.dsfield.dscp": ip.tos >> 2,
+        return {"ip.version": ip.version, "ip.hdr_len": ip.ihl * 4, "ip.dsfield": ip.tos, "ip.dsfield.dscp": ip.tos >> 2,
                 "ip.dsfield.ecn": ip.tos & 3, "ip.len": ip.len, "ip.id": ip.id,
                 "ip.flags.rb": int(ip.flags.evil), "ip.flags.df": int(ip.flags.DF),
                 "ip.flags.mf": int(ip.flags.MF), "ip.frag_offset": ip.frag, "ip.ttl": ip.ttl,

@@ -237,6 +237,7 @@ NULL = Header("Null/Loopback", 4, [
 IPV4 = Header("Internet Protocol Version 4", 20, [
     F("ip.version", 0, 4, "IP version"),
     F("ip.hdr_len", 4, 4, "header length in bytes (IHL counts 32-bit words; 20 = no options)", scale=4),
+    F("ip.dsfield", 8, 8, "differentiated services field (formerly type of service): DSCP and ECN"),
     F("ip.dsfield.dscp", 8, 6, "differentiated services code point", names=DSCP),
     F("ip.dsfield.ecn", 14, 2, "explicit congestion notification", names=ECN),
     F("ip.len", 16, 16, "total length of the datagram in bytes, header included"),
