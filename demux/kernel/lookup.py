@@ -9,7 +9,7 @@ steps as lines of text for ``explain``.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 
 from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped
 
@@ -40,12 +40,11 @@ class ReuseportGroup:
 
 
 def flow_hash(seed: int, saddr: bytes, sport: int, daddr: bytes, dport: int) -> int:
-    """A 32-bit hash of the 4-tuple. The kernel uses ``inet_ehashfn`` with a secret drawn
-    at boot, so its spread differs per boot; demux uses a keyed BLAKE2 with ``seed`` so
-    a run is reproducible and one flow always maps to one member."""
-    h = hashlib.blake2b(saddr + daddr + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"),
-                        digest_size=4, key=seed.to_bytes(8, "big"))
-    return int.from_bytes(h.digest(), "big")
+    """A 32-bit hash of the 4-tuple. The kernel uses ``inet_ehashfn`` (jhash) with a secret
+    drawn at boot, so its spread differs per boot; demux uses CRC-32 of the addresses
+    started from the ports and ``seed``, so a run is reproducible, one flow always maps to
+    one member, and it costs one C call on the hot path."""
+    return zlib.crc32(saddr + daddr, ((sport << 16) | dport) ^ (seed & 0xFFFFFFFF))
 
 
 def reciprocal_scale(value: int, n: int) -> int:
@@ -124,6 +123,46 @@ def tcp_listener(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr
                     if picked is not None:
                         return picked, exact
                 result, hiscore = sk, score
+        if result is not None:
+            return result, exact
+    return None, False
+
+
+def tcp_listener_match(chain: list[Sock], family: int, daddr: bytes, dport: int,
+                       ifname: str | None) -> tuple[Sock | None, bool]:
+    """``tcp_listener`` before the SO_REUSEPORT pick: the socket that ends the search (a
+    group member, or the best-scoring socket) and whether it was the exact bucket. It
+    depends only on the local end, so the table can cache it per (address, port, device)."""
+    wild = ANY4 if family == 4 else ANY6
+    for exact, addr in ((True, daddr), (False, wild)):
+        hiscore, result = 0, None
+        for sk in chain:
+            if not _in_bucket(sk, family, addr):
+                continue
+            score = _tcp_score(sk, family, addr, ifname)
+            if score > hiscore:
+                if sk.group is not None:
+                    return sk, exact
+                result, hiscore = sk, score
+        if result is not None:
+            return result, exact
+    return None, False
+
+
+def udp_unicast_match(chain: list[Sock], family: int, daddr: bytes, ifname: str | None) -> tuple[Sock | None, bool]:
+    """``udp_unicast`` before the SO_REUSEPORT pick, for a port with no connected socket
+    (then the scores do not depend on the sender and the answer can be cached)."""
+    wild = ANY4 if family == 4 else ANY6
+    for exact, addr in ((True, daddr), (False, wild)):
+        badness, result = (0 if family == 4 else -1), None
+        for sk in chain:
+            if not _in_bucket(sk, family, addr):
+                continue
+            score = _udp_score(sk, family, b"", 0, addr, ifname)
+            if score > badness:
+                badness, result = score, sk
+                if sk.group is not None:
+                    return sk, exact
         if result is not None:
             return result, exact
     return None, False

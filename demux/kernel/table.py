@@ -172,6 +172,8 @@ class Kernel:
         self.icmp_peers: dict[bytes, tuple[float, float]] = {}   # inet_peer rate_tokens, rate_last
         self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
         self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
+        self._lcache: dict[tuple, tuple] = {}                    # listener/UDP match per local end
+        self._udp_connected_ports: set[int] = set()
         self.outcomes: list[Outcome] = []
         self.socks: list[Sock] = []
         self._serial = 0
@@ -351,6 +353,7 @@ class Kernel:
         return "their bound devices differ"
 
     def _udp_hash(self, sk: Sock, head_only: bool = False) -> None:
+        self._lcache.clear()
         chain = self.udp.setdefault(sk.port, [])
         if sk in chain:
             chain.remove(sk)
@@ -397,6 +400,7 @@ class Kernel:
             chain.insert(0, sk)
         if sk.reuseport:
             self._join_group(sk, chain)
+        self._table_changed()
         return "ok", f"listening on {sk.local()} with backlog {sk.backlog}"
 
     def source_address(self, raddr: bytes, family: int) -> bytes | None:
@@ -430,6 +434,7 @@ class Kernel:
             sk.describe_cache = None
             if sk.group is not None:
                 sk.group.has_conns = True
+            self._table_changed()
             return "ok", f"connected to {endpoint(raddr, rport)} from {sk.local()}"
         # TCP
         if self.is_local(raddr):
@@ -493,6 +498,7 @@ class Kernel:
                 "per_second_sustained": round(usable / ts.TIME_WAIT_SECONDS, 1) if tw_held else None}
 
     def _forget(self, sk: Sock) -> None:
+        self._lcache.clear()
         for table in (self.owners.get((sk.proto, sk.port)), self.listeners.get(sk.port) if sk.proto == "tcp" else None,
                       self.udp.get(sk.port) if sk.proto == "udp" else None):
             if table is not None and sk in table:
@@ -567,8 +573,39 @@ class Kernel:
 
     def _listener(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
         family = 4 if len(local) == 4 else 6
-        return lk.tcp_listener(self.listeners.get(lport, ()), family, remote, rport, local, lport,
-                               p.ifname, self.seed, steps)
+        if steps is not None:
+            return lk.tcp_listener(self.listeners.get(lport, ()), family, remote, rport, local, lport,
+                                   p.ifname, self.seed, steps)
+        # The match depends on the local end only: cache it until the table changes.
+        key = ("tcp", local, lport, p.ifname)
+        hit = self._lcache.get(key)
+        if hit is None:
+            hit = self._lcache[key] = lk.tcp_listener_match(self.listeners.get(lport, ()), family, local,
+                                                            lport, p.ifname)
+        sk, exact = hit
+        if sk is not None and sk.group is not None:
+            sk = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
+        return sk, exact
+
+    def _udp_lookup(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
+        chain = self.udp.get(lport, ())
+        family = 4 if len(local) == 4 else 6
+        if steps is not None or lport in self._udp_connected_ports:
+            return lk.udp_unicast(chain, family, remote, rport, local, lport, p.ifname, self.seed, steps)
+        key = ("udp", local, lport, p.ifname)
+        hit = self._lcache.get(key)
+        if hit is None:
+            hit = self._lcache[key] = lk.udp_unicast_match(chain, family, local, p.ifname)
+        sk, exact = hit
+        if sk is not None and sk.group is not None:
+            picked = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
+            sk = picked or sk
+        return sk, exact
+
+    def _table_changed(self) -> None:
+        self._lcache.clear()
+        self._udp_connected_ports = {sk.port for chain in self.udp.values() for sk in chain
+                                     if sk.raddr is not None}
 
     @staticmethod
     def _listener_reason(l: Sock, exact: bool, local: bytes, lport: int) -> str:
@@ -721,6 +758,7 @@ class Kernel:
         self._owners(sk.proto, port).insert(0, sk)
         if sk.proto == "udp":
             self._udp_hash(sk, head_only=True)
+        self._table_changed()
 
     def _midstream(self, p, local, lport, remote, rport, now, direction, steps) -> Verdict:
         key = (local, lport, remote, rport)
@@ -904,7 +942,7 @@ class Kernel:
             return Verdict("deliver", f"broadcast/multicast: a copy to each of {len(socks)} socket(s): "
                            + ", ".join(s.owner() for s in socks), first.proc, first.fd, first.describe(),
                            first.state, copies=[(s.proc, s.fd) for s in socks])
-        sk, exact = lk.udp_unicast(chain, family, p.src, p.sport, p.dst, p.dport, p.ifname, self.seed, steps)
+        sk, exact = self._udp_lookup(p, p.dst, p.dport, p.src, p.sport, steps)
         if sk is None:
             sk = self._claim_client("udp", p.dst, p.dport, p.src, p.sport, False) or \
                 self.udp_implicit.get((p.dst, p.dport))
@@ -951,8 +989,7 @@ class Kernel:
 
     def _udp_out(self, p, now, steps) -> Verdict:
         family = p.family
-        sk, exact = lk.udp_unicast(self.udp.get(p.sport, ()), family, p.dst, p.dport, p.src, p.sport,
-                                   p.ifname, self.seed, steps)
+        sk, exact = self._udp_lookup(p, p.src, p.sport, p.dst, p.dport, steps)
         if sk is None:
             sk = self._claim_client("udp", p.src, p.sport, p.dst, p.dport, True) or \
                 self.udp_implicit.get((p.src, p.sport))
