@@ -45,7 +45,7 @@ class Record:
         p, v = self.packet, self.v
         proto = p.proto
         addressed = len(p.src) in (4, 16) and len(p.dst) == len(p.src)
-        if proto in (6, 17) and addressed and p.l4_off >= 0:
+        if proto in (6, 17) and addressed and p.l4_off >= 0 and (p.frag is None or p.frag.offset == 0 and p.sport):
             src, dst = _ep(p.src, p.sport), _ep(p.dst, p.dport)
         elif addressed:
             src, dst = unpack(p.src), unpack(p.dst)
@@ -73,6 +73,7 @@ class Engine:
         self.scenario = scenario
         self.kernel = Kernel.from_scenario(scenario, seed)
         self.t0: float | None = None
+        self.incomplete: list = []          # datagrams reassembly gave up on
         self.reassembler = None
         try:
             from demux.wire.reassembly import Reassembler
@@ -108,6 +109,7 @@ class Engine:
             direction = "transit"
         if p.frag is not None and self.reassembler is not None:
             whole = self.reassembler.push(p)
+            self.incomplete.extend(self.reassembler.expire(p.ts))
             if whole is None:
                 return Record(p.n, p.ts, p, direction,
                               Verdict("ignored", f"IP fragment (id {p.frag.ident}, offset {p.frag.offset}) "
@@ -132,6 +134,17 @@ class Engine:
         else:
             v = k.output(p, p.ts, steps)
         return Record(p.n, p.ts, p, direction, v, frame)
+
+    def finish(self) -> list[str]:
+        """Lines on what the replay could not complete: IP datagrams whose fragments
+        never all arrived, or that the kernel's reassembly discards (overlaps...)."""
+        ended = list(self.incomplete)
+        if self.reassembler is not None:
+            ended += self.reassembler.pending()
+        self.incomplete = []
+        return [f"IP datagram id {q.ident} from {unpack(q.src)} never reassembled ({q.reason}; "
+                f"{q.have} of {q.total if q.total is not None else '?'} bytes; packets "
+                f"{', '.join(str(n) for n in q.frames)})" for q in ended]
 
     @staticmethod
     def _not_transport(p) -> str:

@@ -9,6 +9,7 @@ import tempfile
 
 from demux.capture import open_capture
 from demux.engine import Engine, load_or_infer
+from demux.errors import DemuxError
 from demux.render.summary import Summary
 
 
@@ -53,6 +54,15 @@ def _progress(reader, capture):
 
 def _run(args, capture) -> int:
     scenario = load_or_infer(capture, args.scenario)
+    engine = args.engine
+    if engine != "reference":
+        from demux import batch
+        if engine == "auto":
+            engine = "batch" if batch.usable(args, auto=True) else "reference"
+        if engine == "batch":
+            return _run_batch(args, capture, scenario, batch)
+    if args.workers != 1:
+        raise DemuxError("--workers needs the batch engine (--engine batch)")
     sinks = []
     if not args.summary:
         from demux.render import records
@@ -86,6 +96,8 @@ def _run(args, capture) -> int:
                 bar[0].stop()
         for s in sinks:
             s.close(summary)
+        for line in eng.finish():
+            print(f"demux replay: note: {line}", file=sys.stderr)
         if args.summary or args.format != "table":
             if args.summary:
                 sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
@@ -93,4 +105,21 @@ def _run(args, capture) -> int:
         if reader.warning:
             print(f"demux replay: warning: {reader.warning}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _run_batch(args, capture, scenario, batch) -> int:
+    """The batch engine: the same records as the reference engine, faster on big files."""
+    if not batch.usable(args):
+        raise DemuxError("--engine batch replays a capture file with --format jsonl or --summary "
+                         "(not standard input, --split, --annotate, table or csv)")
+    sys.stdout.flush()
+    out = None if args.summary else sys.stdout.buffer
+    summary, warning = batch.replay_batch(capture, scenario, args.seed, args.workers, out)
+    if args.summary:
+        sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
+    sys.stdout.flush()
+    if warning:
+        print(f"demux replay: warning: {warning}", file=sys.stderr)
+        return 1
     return 0
