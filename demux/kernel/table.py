@@ -633,19 +633,30 @@ class Kernel:
         if c.listener is not None:
             c.listener.synq.pop(c.key, None)
         self.est.pop(c.key, None)
+        self._dequeue(c)
+
+    @staticmethod
+    def _dequeue(c: Conn) -> None:
+        """The connection leaves its listener's accept queue."""
         if c.queued and c.listener is not None:
             c.listener.queued -= 1
             c.queued = False
 
-    def _tcp_in(self, p, now, steps) -> Verdict:
-        key = (p.dst, p.dport, p.src, p.sport)
-        flags = p.flags
+    def _established(self, key: tuple, now: float, steps) -> Conn | None:
+        """``__inet_lookup_established``: the exact 4-tuple; SYN-RECV and TIME-WAIT
+        entries past their time are gone (their timers would have fired)."""
         c = self.est.get(key)
         if c is not None and c.expire and now >= c.expire:
             if steps is not None:
                 steps.append(f"established hash: {c.describe()} expired at {c.expire:.6f}")
             self._drop_conn(c)
-            c = None
+            return None
+        return c
+
+    def _tcp_in(self, p, now, steps) -> Verdict:
+        key = (p.dst, p.dport, p.src, p.sport)
+        flags = p.flags
+        c = self._established(key, now, steps)
         prefix = ""
         if c is not None:
             if steps is not None:
@@ -867,17 +878,12 @@ class Kernel:
             if c.sock.proc is not None:
                 c.sock.proc.free_fd(c.sock.fd)
             c.sock.state = "CLOSE"
-        if c.queued and c.listener is not None:
-            c.listener.queued -= 1
-            c.queued = False
+        self._dequeue(c)
 
     def _tcp_out(self, p, now, steps) -> Verdict:
         key = (p.src, p.sport, p.dst, p.dport)
         flags = p.flags
-        c = self.est.get(key)
-        if c is not None and c.expire and now >= c.expire:
-            self._drop_conn(c)
-            c = None
+        c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
             if flags & SYN and not flags & ACK:
                 self._drop_conn(c)      # connect() reusing a TIME-WAIT 4-tuple
