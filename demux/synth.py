@@ -1,6 +1,6 @@
 """Seeded synthetic captures for benchmarks and tests: realistic traffic of one server host.
 
-``make(path, packets, seed)`` writes a classic pcap (Ethernet, microseconds) of about
+``make(path, packets, seed)`` writes a classic pcap (Ethernet, microseconds) of
 ``packets`` packets and returns the scenario TOML that goes with it (``SCENARIO``). The
 host 10.0.0.1 / fd00::1 runs nginx on :80 (IPv4), four SO_REUSEPORT workers on :443,
 sshd on [::]:22 (dual-stack), a resolver on udp :53, and makes outbound HTTPS
@@ -107,31 +107,39 @@ def _scripts():
     return pre, suf, pl, sl
 
 
-def columns(packets: int, seed: int = 0, mean_data: float = 60.0):
-    """The packet columns of a capture of about ``packets`` packets, in time order."""
-    rng = np.random.default_rng(seed)
+def _draw(rng, nflows: int, mean_data: float):
+    """Flow types, data segment counts, packet counts and noise kinds of ``nflows`` flows."""
     pre, suf, pl, sl = _scripts()
     weights = np.array([t[1] for t in _TYPES], float)
-    per_flow = (weights / weights.sum() * (pl + sl + np.where(np.array([t[2] for t in _TYPES]) == K_TCP, mean_data, 4))).sum()
-    nflows = max(4, int(packets / per_flow))
-    typ = rng.choice(len(_TYPES), nflows, p=weights / weights.sum())
     names = [t[0] for t in _TYPES]
-    t_mid, t_dns, t_noise, t_tw, t_srv = (names.index(x) for x in
-                                           ("midstream", "udp-dns", "noise", "tw-reuse", "in-server-close"))
+    typ = rng.choice(len(_TYPES), nflows, p=weights / weights.sum())
     # Heavy-tailed data segment counts (Pareto, alpha 1.2), capped.
     ndata = np.minimum((mean_data / 6) * (rng.pareto(1.2, nflows) + 1), 50_000).astype(np.int64)
-    ndata[typ == t_dns] = 2 * rng.integers(1, 20, (typ == t_dns).sum())
-    ndata[(typ == t_noise)] = 1
+    dns = typ == names.index("udp-dns")
+    ndata[dns] = 2 * rng.integers(1, 20, dns.sum())
     ndata[np.isin(typ, [names.index("closed-port"), names.index("udp-closed")])] = 0
     L = pl[typ] + sl[typ] + ndata
-    L[typ == t_noise] = np.where(rng.random((typ == t_noise).sum()) < 0.5, 1, 2)
+    noise = typ == names.index("noise")
+    noise_kind = rng.choice([K_ARP, K_BADTCP, K_FRAG1], nflows)
+    L[noise] = np.where(noise_kind[noise] == K_FRAG1, 2, 1)
+    return typ, ndata, L, noise_kind
+
+
+def columns(packets: int, seed: int = 0, mean_data: float = 60.0):
+    """The packet columns of a capture of ``packets`` packets (fewer only when the
+    heavy tail falls short), in time order."""
+    # A pilot draw sizes the flow count so the capture comes out near ``packets``.
+    pilot = _draw(np.random.default_rng(seed + 1_000_003), 200_000, mean_data)[2].mean()
+    nflows = max(4, int(round(1.15 * packets / pilot)))
+    rng = np.random.default_rng(seed)
+    pre, suf, pl, sl = _scripts()
+    names = [t[0] for t in _TYPES]
+    t_dns, t_noise, t_tw, t_srv = (names.index(x) for x in ("udp-dns", "noise", "tw-reuse", "in-server-close"))
+    typ, ndata, L, noise_kind = _draw(rng, nflows, mean_data)
     fam = np.where(rng.random(nflows) < 0.2, 6, 4)
     fam[np.isin(typ, [t_dns, names.index("udp-closed"), t_noise])] = 4
     kind = np.array([t[2] for t in _TYPES])[typ]
-    noise_kind = rng.choice([K_ARP, K_BADTCP, K_FRAG1], nflows)
     kind = np.where(typ == t_noise, noise_kind, kind)
-    L[(typ == t_noise) & (noise_kind != K_FRAG1)] = 1
-    L[(typ == t_noise) & (noise_kind == K_FRAG1)] = 2
     raddr = (0x0A010000 + rng.integers(1, 60000, nflows)).astype(np.int64)     # 10.1.x.y
     rport = rng.integers(1024, 65535, nflows)
     lport = rng.choice([80, 443, 443, 22], nflows)
@@ -200,7 +208,8 @@ def columns(packets: int, seed: int = 0, mean_data: float = 60.0):
         end_src = t[first[src_of] + L[src_of] - 1]
         start[tw] = start[src_of] + end_src + 0.5 + rng.random(len(tw))
     ts = start[flow] + t
-    order = np.argsort(ts, kind="stable")
+    # Cut at ``packets``: the flows still going at that moment end with the capture.
+    order = np.argsort(ts, kind="stable")[:packets]
     # Endpoints: the flow's initiator is the remote host except for outbound flows.
     local_first = outbound[flow]
     f6 = fam[flow] == 6
