@@ -152,6 +152,8 @@ class BatchEngine:
             self._flag_templates()
         self.workers = max(1, workers)
         self._writer = None
+        self._bufs: list = []
+        self._pool_lock = threading.Lock()
         self._watch()
 
     # ---- watching the kernel's table -----------------------------------------------
@@ -478,7 +480,7 @@ class BatchEngine:
             self._python_ts_lines(k)
             sa = np.frombuffer(bytes(self.sarena), np.uint8)
         bound = k * (self.max_tpl + self.max_suf + 120) + len(sa)
-        out = np.empty(bound, np.uint8)
+        out = self._outbuf(bound)
         C = self.C
         args = (C.copy() if self.workers > 1 else C, k, out, self.tarena.buf, self.ftpl.copy() if self.workers > 1 else self.ftpl,
                 self.varena.buf, self.vsuf, self.flagtpl, sa, self.slow_off[:k].copy(), self.slow_len[:k].copy())
@@ -490,6 +492,18 @@ class BatchEngine:
         else:
             n = _nb.jsonl(*args)
             self.out.write(memoryview(out)[:n])
+
+    def _outbuf(self, size: int):
+        """An output buffer of at least ``size`` bytes, reused: fresh pages for every
+        chunk would cost a page fault per 4 KiB written."""
+        pool = self._writer.free if self._writer is not None else self._bufs
+        with self._pool_lock:
+            buf = pool.pop() if pool else None
+        if buf is None or len(buf) < size:
+            buf = np.empty(max(size, 1 << 20), np.uint8)
+        if self._writer is None:
+            self._bufs.append(buf)
+        return buf
 
     def _python_ts_lines(self, k: int) -> None:
         C = self.C
@@ -520,7 +534,7 @@ class BatchEngine:
             fmt = reader.format
             first_lt = next(iter(reader.linktypes)) if reader.linktypes else None
         if self.workers > 1 and self.out is not None:
-            self._writer = _Writer(self.out)
+            self._writer = _Writer(self.out, self._pool_lock)
         try:
             warning = self._run(path, fmt, first_lt)
         finally:
@@ -685,8 +699,10 @@ class BatchEngine:
 class _Writer:
     """Formats and writes jsonl chunks on a second thread, in submission order."""
 
-    def __init__(self, out):
+    def __init__(self, out, pool_lock):
         self.out = out
+        self.free: list = []          # output buffers written out, ready for reuse
+        self.pool_lock = pool_lock
         self.q: deque = deque()
         self.cv = threading.Condition()
         self.closed = False
@@ -714,6 +730,8 @@ class _Writer:
                 self.out.write(memoryview(args[2])[:n])
             except BaseException as e:      # surfaced by close()
                 self.error = e
+            with self.pool_lock:
+                self.free.append(args[2])
             with self.cv:
                 self.q.popleft()
                 self.cv.notify_all()
