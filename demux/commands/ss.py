@@ -26,10 +26,14 @@ def run(args) -> int:
             eng.kernel.advance(args.at)
         kernel = eng.kernel
     else:
-        if not args.scenario:
-            raise DemuxError("needs -s SCENARIO (or --capture CAPTURE)")
-        from demux import scenario as scen
-        kernel = Kernel.from_scenario(scen.load(args.scenario), args.seed)
+        if args.scenario:
+            from demux import scenario as scen
+            sc = scen.load(args.scenario)
+        else:
+            # No scenario: this machine's own table, as `demux snapshot` reads it.
+            from demux.snapshot import snapshot
+            sc, _ = snapshot()
+        kernel = Kernel.from_scenario(sc, args.seed)
         kernel.apply_all()
     sys.stdout.write(render(kernel, args.tcp, args.udp, args.listening, args.all, args.numeric,
                             args.processes, args.extended))
