@@ -664,9 +664,10 @@ class Kernel:
             if c.state != ts.TIME_WAIT:
                 return self._conn_in(c, p, now, steps)
             # tcp_timewait_state_process
-            if flags & SYN and not flags & (ACK | RST) and (
-                    _seq_after(p.seq, c.rcv_nxt) or (p.tsval is not None and c.tsval is not None
-                                                     and _seq_after(p.tsval, c.tsval))):
+            # With timestamps on both sides only a newer TSval reopens; else a higher seq.
+            newer = (_seq_after(p.tsval, c.tsval) if p.tsval is not None and c.tsval is not None
+                     else _seq_after(p.seq, c.rcv_nxt))
+            if flags & SYN and not flags & (ACK | RST) and newer:
                 self._drop_conn(c)
                 prefix = "new SYN reopens the TIME-WAIT 4-tuple; "
                 if steps is not None:
