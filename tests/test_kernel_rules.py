@@ -410,3 +410,20 @@ def test_F9_reuseport_chain_order_beats_device_score():
     k = kernel('{proto="tcp", bind="[::]:80", device="eth0", reuseport=true},'
                '{proto="tcp", bind="[::]:80", reuseport=true}')
     assert deliver_fd(k, seg("fd9::2", 5000, "fd9::1", 80, ifname="eth0")) == 3
+
+
+def test_A8_time_wait_with_timestamps_reopens_only_on_a_newer_tsval():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+
+    def tsseg(*a, tsval, **kw):
+        p = seg(*a, **kw)
+        p.tsval = tsval
+        return p
+    k.input(tsseg(*c, *s, seq=100, tsval=1000), 0.0)
+    k.input(tsseg(*c, *s, flags=".", seq=101, ack=5001, tsval=1001), 0.1)
+    k.output(seg(*s, *c, flags="F.", seq=5001, ack=101), 0.2)
+    k.input(tsseg(*c, *s, flags="F.", seq=101, ack=5002, tsval=1002), 0.3)
+    assert k.input(tsseg(*c, *s, flags="S", seq=900000, tsval=999, ts=1.0), 1.0).verdict == "drop"
+    v = k.input(tsseg(*c, *s, flags="S", seq=5, tsval=2000, ts=2.0), 2.0)
+    assert v.verdict == "deliver" and v.state == "SYN-RECV"
