@@ -18,19 +18,7 @@ _PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 2: "igmp", 47: "gr
 _ICMP_UNREACH = {(1, 3, 3), (58, 1, 4)}
 
 
-_EP_CACHE: dict = {}
 _FLAG_CACHE = {f: flag_string(f) for f in range(256)}
-
-
-def _ep(addr: bytes, port: int) -> str:
-    # Formatting addresses is the costliest part of a record; flows repeat them.
-    key = (addr, port)
-    text = _EP_CACHE.get(key)
-    if text is None:
-        if len(_EP_CACHE) > 1 << 18:
-            _EP_CACHE.clear()
-        text = _EP_CACHE[key] = endpoint(addr, port)
-    return text
 
 
 class Record:
@@ -46,7 +34,7 @@ class Record:
         proto = p.proto
         addressed = len(p.src) in (4, 16) and len(p.dst) == len(p.src)
         if proto in (6, 17) and addressed and p.l4_off >= 0 and (p.frag is None or p.frag.offset == 0 and p.sport):
-            src, dst = _ep(p.src, p.sport), _ep(p.dst, p.dport)
+            src, dst = endpoint(p.src, p.sport), endpoint(p.dst, p.dport)
         elif addressed:
             src, dst = unpack(p.src), unpack(p.dst)
         else:

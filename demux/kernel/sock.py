@@ -28,9 +28,19 @@ def unpack(addr: bytes) -> str:
     return _socket.inet_ntop(_socket.AF_INET6, addr)
 
 
+_ENDPOINTS: dict[tuple[bytes, int], str] = {}
+
+
 def endpoint(addr: bytes, port: int) -> str:
-    """``10.0.0.1:80`` or ``[2001:db8::1]:443``."""
-    return f"[{unpack(addr)}]:{port}" if len(addr) == 16 else f"{unpack(addr)}:{port}"
+    """``10.0.0.1:80`` or ``[2001:db8::1]:443``; cached, since flows repeat them."""
+    key = (addr, port)
+    text = _ENDPOINTS.get(key)
+    if text is None:
+        if len(_ENDPOINTS) > 1 << 18:
+            _ENDPOINTS.clear()
+        text = _ENDPOINTS[key] = (f"[{unpack(addr)}]:{port}" if len(addr) == 16
+                                  else f"{unpack(addr)}:{port}")
+    return text
 
 
 def is_v4mapped(addr: bytes) -> bool:
