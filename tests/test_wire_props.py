@@ -222,3 +222,12 @@ def test_random_transport_bytes_behind_a_good_ip_header(body, proto):
     p = parse(1, 0.0, 1, b"\x00" * 12 + b"\x08\x00" + raw)
     assert p.family == 4
     walk(228, raw)
+
+
+@SETTINGS
+@given(frames(), st.data())
+def test_snaplen_cut_frames_parse_the_same_on_both_paths(frame, data):
+    lt, raw = frame
+    keep = data.draw(st.integers(0, len(raw)))
+    cut = raw[:keep]
+    assert _slots(parse(1, 0.0, lt, cut, None, len(raw))) == _slots(parse_general(1, 0.0, lt, cut, None, len(raw)))

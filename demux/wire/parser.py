@@ -115,6 +115,9 @@ def parse(n: int, ts: float, linktype: int, data: bytes, ifname: str | None = No
           orig_len: int | None = None) -> Packet:
     """Parse one captured frame into a ``Packet``; never raises on bad bytes."""
     dlen = len(data)
+    # A frame cut by the snapshot length keeps its IP lengths: accept it on the fast path
+    # when the headers themselves were captured (``cut`` allows the lengths to run past).
+    cut = orig_len is not None and orig_len > dlen
     if linktype == 1 and dlen >= _FAST_MIN:
         # Straight-line path for Ethernet + IPv4 without options or IPv6 without
         # extension headers, not a fragment, lengths consistent, + TCP/UDP. Anything
@@ -131,12 +134,13 @@ def parse(n: int, ts: float, linktype: int, data: bytes, ifname: str | None = No
                     hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
                     seg = tot - _IP4_MIN
                     ok = (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
-                          and _TCP_MIN <= hl <= seg and tot <= dlen - _ETH_LEN)
+                          and _TCP_MIN <= hl <= seg
+                          and (tot <= dlen - _ETH_LEN or cut and _FAST_L4 + hl <= dlen))
                     pay = seg - hl
             elif proto == _P_UDP:
                 et, vhl, tot, fragw, ttl, src, dst, sport, dport, ulen = _ETH_IP4_UDP.unpack_from(data, 0)
                 ok = (et == _ETHERTYPE_IPV4 and vhl == _PLAIN_VHL and not fragw & _FRAG_BITS
-                      and _UDP_LEN <= ulen <= tot - _IP4_MIN and tot <= dlen - _ETH_LEN)
+                      and _UDP_LEN <= ulen <= tot - _IP4_MIN and (tot <= dlen - _ETH_LEN or cut))
                 flags = seq = ack = win = 0
                 hl = _UDP_LEN
                 pay = ulen - _UDP_LEN
@@ -149,13 +153,14 @@ def parse(n: int, ts: float, linktype: int, data: bytes, ifname: str | None = No
                      sport, dport, seq, ack, offb, flags, win) = _ETH_IP6_TCP.unpack_from(data, 0)
                     hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
                     ok = (et == _ETHERTYPE_IPV6 and vbyte >> _IP6_VER_SHIFT == 6
-                          and _TCP_MIN <= hl <= plen and plen <= dlen - _FAST6_L4)
+                          and _TCP_MIN <= hl <= plen
+                          and (plen <= dlen - _FAST6_L4 or cut and _FAST6_L4 + hl <= dlen))
                     pay = plen - hl
             elif proto == _P_UDP:
                 if dlen >= _FAST6_L4 + _UDP_LEN:
                     et, vbyte, plen, ttl, src, dst, sport, dport, ulen = _ETH_IP6_UDP.unpack_from(data, 0)
                     ok = (et == _ETHERTYPE_IPV6 and vbyte >> _IP6_VER_SHIFT == 6
-                          and _UDP_LEN <= ulen <= plen and plen <= dlen - _FAST6_L4)
+                          and _UDP_LEN <= ulen <= plen and (plen <= dlen - _FAST6_L4 or cut))
                     flags = seq = ack = win = 0
                     hl = _UDP_LEN
                     pay = ulen - _UDP_LEN
