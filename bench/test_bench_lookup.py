@@ -16,7 +16,6 @@ import pytest
 from bench.conftest import record
 from demux import scenario as scen
 from demux.kernel import Conn, Kernel
-from demux.kernel import lookup as lk
 from demux.kernel.sock import pack
 
 KEYS = 1000
@@ -67,19 +66,24 @@ def test_established_hit(benchmark, kernel):
     _ns(benchmark, "lookup", "established hit (est dict)", go)
 
 
+class _Pkt:
+    """The one packet attribute the listener lookup reads."""
+    ifname = None
+
+
 def _listener_case(kernel, port):
     chain = kernel.listeners.get(port, ())
-    seed = kernel.seed
     args = [(r, 40000 + i) for i, r in enumerate(REMOTES)]
     est = kernel.est
-    listeners = kernel.listeners
+    listener = kernel._listener
+    pkt = _Pkt()
 
     def go():
         # What Kernel._tcp_in does for a SYN: the established hash misses, then the
-        # listener lookup over the port's chain.
+        # kernel's listener lookup (its per-local-end match cache, then SO_REUSEPORT).
         for r, rp in args:
             est.get((LOCAL, port, r, rp))
-            lk.tcp_listener(listeners.get(port, ()), 4, r, rp, LOCAL, port, None, seed, None)
+            listener(pkt, LOCAL, port, r, rp, None)
     return go, chain
 
 
@@ -139,12 +143,13 @@ def test_size_listener(benchmark, big):
     rnd = random.Random(1)
     picks = [rnd.randrange(n) for _ in range(KEYS)]
     qs = [(pack(addrs[i // 50_000]), 1024 + i % 50_000) for i in picks]
-    listeners, seed = k.listeners, k.seed
+    listener = k._listener
+    pkt = _Pkt()
     peer = bytes([10, 9, 9, 9])
 
     def go():
         for addr, port in qs:
-            lk.tcp_listener(listeners.get(port, ()), 4, peer, 5555, addr, port, None, seed, None)
+            listener(pkt, addr, port, peer, 5555, None)
     _ns(benchmark, "lookup-size", f"listener lookup, {n} listeners", go)
 
 
