@@ -44,6 +44,12 @@ fields after ``len``), packets that went to the kernel are encoded from their Re
 A capture the walker cannot finish (damage part-way, a pcapng interface with an
 unsupported link type or timestamp resolution) is finished with the reference reader
 from the first frame not yet replayed, on the same kernel: same records, same warning.
+
+Workers. The kernel's state is shared by all flows (each process's lowest free
+descriptor, accept-queue counts, ICMP rate limits, connect()'s port perturbation,
+client claims), so flows cannot be sharded over independent kernels without changing
+verdicts. One kernel decides; ``workers > 1`` formats jsonl on a second thread (the
+numba writer releases the GIL) while the next chunk is replayed. Output is identical.
 """
 
 from __future__ import annotations
@@ -176,8 +182,9 @@ class BatchEngine:
             setattr(k, name, watched)
 
         wrap("_claim_client", True, only_if_result=True)
-        for name in ("_new_sock", "_forget", "_rebind", "_udp_hash", "close"):
-            wrap(name, False)
+        for name in ("_new_sock", "_forget", "_rebind", "_udp_hash", "close", "_table_changed"):
+            if hasattr(k, name):
+                wrap(name, False)
 
     # ---- verdict ids -----------------------------------------------------------------
 
