@@ -427,3 +427,17 @@ def test_A8_time_wait_with_timestamps_reopens_only_on_a_newer_tsval():
     assert k.input(tsseg(*c, *s, flags="S", seq=900000, tsval=999, ts=1.0), 1.0).verdict == "drop"
     v = k.input(tsseg(*c, *s, flags="S", seq=5, tsval=2000, ts=2.0), 2.0)
     assert v.verdict == "deliver" and v.state == "SYN-RECV"
+
+
+def test_timers_sweep_time_wait_and_request_sockets_from_the_table():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+    k.input(seg(*c, *s, seq=100), 0.0)
+    k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1)
+    k.output(seg(*s, *c, flags="F.", seq=5001, ack=101), 0.2)
+    k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3)
+    k.input(seg("10.9.0.2", 6000, "10.9.0.1", 80, ts=1.0), 1.0)       # a half-open request
+    assert len(k.est) == 2
+    gen = k.generation
+    k.input(seg("10.9.0.4", 7000, "10.9.0.1", 81, ts=100.0), 100.0)   # any later packet runs the timers
+    assert len(k.est) == 0 and k.generation == gen

@@ -13,6 +13,7 @@ table (``demux.kernel.tcp_states``). Sans-IO: nothing here reads a file or a soc
 
 from __future__ import annotations
 
+import heapq
 import random
 import zlib
 
@@ -173,6 +174,8 @@ class Kernel:
         self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
         self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
         self._lcache: dict[tuple, tuple] = {}                    # listener/UDP match per local end
+        self.generation = 0                                      # bumped by every table change
+        self.timers: list = []                                   # heap of (expiry, serial, conn)
         self._udp_connected_ports: set[int] = set()
         self.outcomes: list[Outcome] = []
         self.socks: list[Sock] = []
@@ -223,6 +226,7 @@ class Kernel:
     # ---- socket calls --------------------------------------------------------------
 
     def _new_sock(self, proc, index, proto, family) -> Sock:
+        self.generation += 1
         self._serial += 1
         sk = Sock(self._serial, proc, index, proto, family)
         self.socks.append(sk)
@@ -353,7 +357,6 @@ class Kernel:
         return "their bound devices differ"
 
     def _udp_hash(self, sk: Sock, head_only: bool = False) -> None:
-        self._lcache.clear()
         chain = self.udp.setdefault(sk.port, [])
         if sk in chain:
             chain.remove(sk)
@@ -364,6 +367,7 @@ class Kernel:
             chain.insert(0, sk)
         if sk.reuseport and sk.group is None:
             self._join_group(sk, chain)
+        self._table_changed()
 
     def _join_group(self, sk: Sock, chain: list[Sock]) -> None:
         """``inet_reuseport_add_sock`` / ``udp_reuseport_add_sock``: join a group of the same
@@ -498,7 +502,6 @@ class Kernel:
                 "per_second_sustained": round(usable / ts.TIME_WAIT_SECONDS, 1) if tw_held else None}
 
     def _forget(self, sk: Sock) -> None:
-        self._lcache.clear()
         for table in (self.owners.get((sk.proto, sk.port)), self.listeners.get(sk.port) if sk.proto == "tcp" else None,
                       self.udp.get(sk.port) if sk.proto == "udp" else None):
             if table is not None and sk in table:
@@ -508,6 +511,7 @@ class Kernel:
             sk.group = None
         if sk in self.clients:
             self.clients.remove(sk)
+        self._table_changed()
 
     def close(self, sk: Sock) -> None:
         """close(): a listener's pending and unaccepted connections go with it
@@ -557,14 +561,32 @@ class Kernel:
         inside = "in" if self.port_low <= port <= self.port_high else "outside"
         return f"port {port} ({cat}, {inside} the ephemeral range {self.port_low}-{self.port_high})"
 
+    def expire(self, now: float) -> None:
+        """The kernel's timers up to ``now``: request sockets past their SYN-ACK retries
+        and TIME-WAIT sockets past 60 s leave the established hash (``inet_twsk_kill``,
+        ``reqsk_timer_handler``), so memory follows live connections, not the capture."""
+        timers, est = self.timers, self.est
+        while timers and timers[0][0] <= now:
+            expiry, _, c = heapq.heappop(timers)
+            if c.expire == expiry and est.get(c.key) is c:
+                self._drop_conn(c)
+
+    def _arm(self, c: Conn) -> None:
+        self._serial += 1
+        heapq.heappush(self.timers, (c.expire, self._serial, c))
+
     def input(self, p, now: float, steps: list | None = None) -> Verdict:
         """A packet whose destination is local."""
+        if self.timers and self.timers[0][0] <= now:
+            self.expire(now)
         if p.proto == 6:
             return self._tcp_in(p, now, steps)
         return self._udp_in(p, now, steps)
 
     def output(self, p, now: float, steps: list | None = None) -> Verdict:
         """A packet the host sent."""
+        if self.timers and self.timers[0][0] <= now:
+            self.expire(now)
         if p.proto == 6:
             return self._tcp_out(p, now, steps)
         return self._udp_out(p, now, steps)
@@ -603,6 +625,9 @@ class Kernel:
         return sk, exact
 
     def _table_changed(self) -> None:
+        """Every change to the socket table comes here: caches of lookups are dropped and
+        ``generation`` moves on (the batch engine watches it)."""
+        self.generation += 1
         self._lcache.clear()
         self._udp_connected_ports = {sk.port for chain in self.udp.values() for sk in chain
                                      if sk.raddr is not None}
@@ -712,6 +737,7 @@ class Kernel:
             c.rcv_nxt = (p.seq + 1 + p.payload_len) & 0xFFFFFFFF
             c.tsval = p.tsval
             self.est[key] = c
+            self._arm(c)
             l.synq[key] = c.expire
             return Verdict("deliver", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
         if flags & RST:
@@ -862,6 +888,7 @@ class Kernel:
         fd, proc = c.fd, c.proc
         if new == ts.TIME_WAIT:
             c.expire = now + ts.TIME_WAIT_SECONDS
+            self._arm(c)
             self._release(c)
         elif new == ts.CLOSE:
             self._release(c)
@@ -915,6 +942,7 @@ class Kernel:
                 c.expire = now + ts.SYN_RECV_SECONDS
                 c.rcv_nxt = p.ack
                 self.est[key] = c
+                self._arm(c)
                 return Verdict("outbound", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
         return self._midstream(p, p.src, p.sport, p.dst, p.dport, now, "out", steps)
 
