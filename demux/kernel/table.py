@@ -24,6 +24,8 @@ from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped, pack, rcv
 from demux.scenario import ProcessSpec, Scenario, SocketSpec
 
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
+_SYN_FIN_RST = SYN | FIN | RST
+_QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
 
 
@@ -681,6 +683,17 @@ class Kernel:
     def _tcp_in(self, p, now, steps) -> Verdict:
         key = (p.dst, p.dport, p.src, p.sport)
         flags = p.flags
+        c = self.est.get(key)
+        if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
+                and c.state in _QUIET and steps is None):
+            # The common case: data or an ACK on an open connection changes no state
+            # (what _conn_in would do for it, without the detour).
+            end = (p.seq + p.payload_len) & 0xFFFFFFFF
+            if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
+                c.rcv_nxt = end
+            if p.tsval is not None:
+                c.tsval = p.tsval
+            return Verdict("deliver", c.reason, c.proc, c.fd, c.describe(), c.state)
         c = self._established(key, now, steps)
         prefix = ""
         if c is not None:
@@ -911,6 +924,10 @@ class Kernel:
     def _tcp_out(self, p, now, steps) -> Verdict:
         key = (p.src, p.sport, p.dst, p.dport)
         flags = p.flags
+        c = self.est.get(key)
+        if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
+                and c.state in _QUIET):
+            return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state)
         c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
             if flags & SYN and not flags & ACK:
