@@ -62,6 +62,12 @@ class Engine:
         self.kernel = Kernel.from_scenario(scenario, seed)
         self.t0: float | None = None
         self.incomplete: list = []          # datagrams reassembly gave up on
+        # SO_BINDTODEVICE needs the arrival interface; a capture without interface names
+        # gets the one the scenario gives the local address (or its only interface).
+        from demux.kernel.sock import pack
+        self.ifnames = {pack(a): name for name, addrs in scenario.host.interfaces.items() for a in addrs}
+        real = [n for n in scenario.host.interfaces if n != "lo"]
+        self.default_if = real[0] if len(real) == 1 else None
         self.reassembler = None
         try:
             from demux.wire.reassembly import Reassembler
@@ -110,6 +116,8 @@ class Engine:
         if direction == "transit":
             return Record(p.n, p.ts, p, direction,
                           Verdict("ignored", "transit: neither address is local to this host"), frame)
+        if p.ifname is None and self.ifnames:
+            p.ifname = self._interface(p.dst if direction == "in" else p.src)
         if steps is not None:
             steps.append(f"direction {direction}: "
                          + (f"{unpack(p.dst)} is local" if direction == "in" else f"{unpack(p.src)} is local"))
@@ -122,6 +130,13 @@ class Engine:
         else:
             v = k.output(p, p.ts, steps)
         return Record(p.n, p.ts, p, direction, v, frame)
+
+    def _interface(self, local: bytes) -> str | None:
+        name = self.ifnames.get(local)
+        if name is None:
+            name = "lo" if (local[0] == 127 if len(local) == 4 else local == b"\x00" * 15 + b"\x01") \
+                else self.default_if
+        return name
 
     def finish(self) -> list[str]:
         """Lines on what the replay could not complete: IP datagrams whose fragments

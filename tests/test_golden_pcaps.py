@@ -164,3 +164,18 @@ def test_counts_add_up(name):
     assert d["packets"] == len(recs) == kj["packet_counts"]["packets"]
     assert sum(d[k] for k in ("deliver", "reject", "drop", "outbound", "ignored", "malformed")) == d["packets"]
     assert d["malformed"] == 0
+
+
+def test_device_bound_listener_gets_traffic_of_a_capture_without_interface_names():
+    # A classic pcap names no interface: the scenario's interface of the local address
+    # stands in, so SO_BINDTODEVICE listeners still match.
+    sc = scen.loads('[host]\naddresses = ["10.77.0.1", "fd77::1"]\ninterfaces = { eth0 = ["10.77.0.1"], eth1 = ["fd77::1"] }\n'
+                    '[[process]]\nname = "bound"\nsockets = [ { proto = "tcp", bind = "0.0.0.0:8080", device = "eth0" } ]\n')
+    eng = Engine(sc)
+    with open_capture(os.path.join(PCAPS, "http4.pcap")) as reader:
+        verdicts = {eng.feed(f).v.verdict for f in reader}
+    assert "deliver" in verdicts and "reject" not in verdicts
+    sc.host.interfaces = {"eth0": ["fd77::1"], "eth1": ["10.77.0.1"]}
+    eng = Engine(sc)
+    with open_capture(os.path.join(PCAPS, "http4.pcap")) as reader:
+        assert "reject" in {eng.feed(f).v.verdict for f in reader}
