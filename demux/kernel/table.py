@@ -718,7 +718,7 @@ class Kernel:
             else:
                 return Verdict("drop", f"segment for TIME-WAIT {c.describe()[4:]}: answered with an ACK "
                                        "and dropped (tcp_timewait_state_process)",
-                               socket=c.describe(), state=ts.TIME_WAIT, reply="ack")
+                               socket=c.describe(), state=ts.TIME_WAIT)
         elif steps is not None:
             steps.append("established hash: no entry for this 4-tuple")
         if flags & SYN and not flags & (ACK | RST):

@@ -223,7 +223,7 @@ class Dispatcher:
             self._reject(p, v, now)
         else:
             self.dropped[_reason_class(v.reason)] = self.dropped.get(_reason_class(v.reason), 0) + 1
-            if v.reply == "ack":
+            if v.state == ts.TIME_WAIT and p.proto == 6:   # tcp_timewait_state_process re-ACKs
                 self._send_all(self.stack.timewait_ack(p), now)
 
     def _count(self, proc, p) -> None:
