@@ -441,3 +441,11 @@ def test_timers_sweep_time_wait_and_request_sockets_from_the_table():
     gen = k.generation
     k.input(seg("10.9.0.4", 7000, "10.9.0.1", 81, ts=100.0), 100.0)   # any later packet runs the timers
     assert len(k.est) == 0 and k.generation == gen
+
+
+def test_C_ipv6_multicast_and_link_local_binds():
+    # Verified on 6.18: TCP on multicast is EINVAL; link-local scope needs a device.
+    socks = ('{proto="tcp", bind="[ff05::1]:8080"}, {proto="udp", bind="[ff05::1]:8080"},'
+             '{proto="udp", bind="[ff02::1]:8080"}, {proto="udp", bind="[fe80::1]:8080"},'
+             '{proto="udp", bind="224.0.0.251:8080"}, {proto="tcp", bind="224.0.0.251:8080", listen=false}')
+    assert results(kernel(socks)) == ["EINVAL", "ok", "EINVAL", "EINVAL", "ok", "ok"]

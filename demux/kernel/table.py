@@ -286,8 +286,15 @@ class Kernel:
         eacces = (f"port {port} is below net.ipv4.ip_unprivileged_port_start ({self.unpriv}) "
                   f"and uid {sk.uid} lacks CAP_NET_BIND_SERVICE")
         if sk.family == 6:
+            if addr[0] == 0xFF and sk.proto == "tcp":
+                return "EINVAL", "a TCP socket cannot bind a multicast address"
             if needs_cap:                      # __inet6_bind checks the port first
                 return "EACCES", eacces
+            # __ipv6_addr_needs_scope_id: link-local addresses and link/interface-local
+            # multicast name an interface; without SO_BINDTODEVICE (no scope id) EINVAL.
+            if ((addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or (addr[0] == 0xFF and addr[1] & 0x0F <= 2)) \
+                    and sk.device is None:
+                return "EINVAL", f"{unpack(addr)} is link-local: it needs a scope id or a bound device"
             if is_v4mapped(addr):
                 if sk.v6only:
                     return "EINVAL", "a v4-mapped address on an IPV6_V6ONLY socket"
