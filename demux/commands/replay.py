@@ -58,11 +58,12 @@ def _run(args, capture) -> int:
     if engine != "reference":
         from demux import batch
         if engine == "auto":
-            engine = "batch" if batch.usable(args, auto=True) else "reference"
+            # --workers asks for the batch engine whatever the size of the capture.
+            engine = "batch" if batch.usable(args, auto=args.workers == 1) else "reference"
         if engine == "batch":
             return _run_batch(args, capture, scenario, batch)
     if args.workers != 1:
-        raise DemuxError("--workers needs the batch engine (--engine batch)")
+        raise DemuxError("--workers needs the batch engine: a capture file with --format jsonl or --summary")
     sinks = []
     if not args.summary:
         from demux.render import records
