@@ -125,6 +125,12 @@ class BatchEngine:
         self.sc = np.zeros(_nb.NSC, np.int64)
         self.sc[_nb.S_MASK] = cap - 1
         self.sc[_nb.S_EVENT_NS] = -(1 << 62)       # until the first packet sets t0
+        # Flat int64 views of the same memory: the kernel path reads and writes a few
+        # words per packet, and a memoryview item costs a fraction of a numpy index.
+        self.fm = memoryview(self.fst).cast("B").cast("q")
+        self.ftm = memoryview(self.ftpl).cast("B").cast("q")
+        self.scm = memoryview(self.sc)
+        self.Cm = memoryview(self.C).cast("B").cast("q")
         self.vc = np.zeros((1024, 3), np.int64)
         self.vc[:, 2] = -1
         self.vsuf = np.zeros((1024, 2), np.int64)
@@ -140,8 +146,7 @@ class BatchEngine:
         self.first_n: dict[tuple[str, int], int] = {}
         self.t0_ns: int | None = None
         self.n_events = len(self.k.events)
-        self.changes_tab = 0
-        self.changes_tcp = 0
+        self.claims = 0
         self.slow_packets = 0
         self.ifnames: list[str | None] = []
         self.out = jsonl_out
@@ -165,26 +170,21 @@ class BatchEngine:
     # ---- watching the kernel's table -----------------------------------------------
 
     def _watch(self) -> None:
-        """Count the kernel's socket-table changes through its own methods (instance
-        attributes shadow the class's; the kernel itself is untouched)."""
+        """Count the kernel's client claims through its own method (an instance attribute
+        shadows the class's; the kernel itself is untouched). Every other socket-table
+        change moves ``Kernel.generation``, which ``_decide`` compares; a claim that
+        keeps the socket's address and port moves nothing there, yet it changes what
+        the next lookup finds (the socket is claimed once), and a claim may move an
+        established entry: it voids the TCP caches as well as the UDP ones."""
         k = self.k
+        orig = k._claim_client
 
-        def wrap(name, tcp_too, only_if_result=False):
-            orig = getattr(k, name)
-
-            def watched(*a, **kw):
-                r = orig(*a, **kw)
-                if not only_if_result or r is not None:
-                    self.changes_tab += 1
-                    if tcp_too:
-                        self.changes_tcp += 1
-                return r
-            setattr(k, name, watched)
-
-        wrap("_claim_client", True, only_if_result=True)
-        for name in ("_new_sock", "_forget", "_rebind", "_udp_hash", "close", "_table_changed"):
-            if hasattr(k, name):
-                wrap(name, False)
+        def watched(*a, **kw):
+            r = orig(*a, **kw)
+            if r is not None:
+                self.claims += 1
+            return r
+        k._claim_client = watched
 
     # ---- verdict ids -----------------------------------------------------------------
 
@@ -295,16 +295,17 @@ class BatchEngine:
         conns = self.shadowed.pop(s, None)
         if conns is None:
             return
-        fst = self.fst
+        fm = self.fm
         for d in (0, 1):
+            b = s * _nb.NFS + _nb.F_DSTRIDE * d
             c = conns[d]
-            if c is not None and fst[s, _nb.F_DIRTY + _nb.F_DSTRIDE * d]:
-                c.rcv_nxt = int(fst[s, _nb.F_RCV + _nb.F_DSTRIDE * d])
-                tsv = int(fst[s, _nb.F_TSV + _nb.F_DSTRIDE * d])
+            if c is not None and fm[b + _nb.F_DIRTY]:
+                c.rcv_nxt = fm[b + _nb.F_RCV]
+                tsv = fm[b + _nb.F_TSV]
                 if tsv >= 0:
                     c.tsval = tsv
-            fst[s, _nb.F_SHADOW + _nb.F_DSTRIDE * d] = 0
-            fst[s, _nb.F_DIRTY + _nb.F_DSTRIDE * d] = 0
+            fm[b + _nb.F_SHADOW] = 0
+            fm[b + _nb.F_DIRTY] = 0
 
     def _sync_all(self) -> None:
         for s in list(self.shadowed):
@@ -315,11 +316,12 @@ class BatchEngine:
         return c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
 
     def _template(self, s: int, d: int, proto: int, src, sport, dst, dport) -> None:
-        if self.out is None or self.ftpl[s, 2 * d + 1]:
+        ftm = self.ftm
+        if self.out is None or ftm[4 * s + 2 * d + 1]:
             return
         t = self.enc({"proto": "tcp" if proto == 6 else "udp", "src": endpoint(src, sport),
                       "dst": endpoint(dst, dport)})[1:-1].encode()
-        self.ftpl[s, 2 * d], self.ftpl[s, 2 * d + 1] = self.tarena.add(t)
+        ftm[4 * s + 2 * d], ftm[4 * s + 2 * d + 1] = self.tarena.add(t)
         self.max_tpl = max(self.max_tpl, len(t))
 
     def _flow_info(self, s: int, d: int, p) -> tuple:
@@ -339,51 +341,57 @@ class BatchEngine:
         return info
 
     def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
-        fst = self.fst
+        fm = self.fm
+        row = s * _nb.NFS
         if p.proto == 6:
             est = self.k.est
-            ok = self._conn_ok
             conns = None
-            stamp = self.sc[_nb.S_GEN_TCP]
+            stamp = self.scm[_nb.S_GEN_TCP]
             for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(self._flow_info(s, d, p)):
                 vid, st, shadow = -1, stamp, None
                 if kind == "in" or kind == "loop":
                     c = est.get(key_in)
-                    if ok(c) and (kind == "in" or ok(est.get(key_out))):
+                    # _conn_ok, inline: this runs for every packet that reaches the kernel
+                    if (c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
+                            and (kind == "in" or self._conn_ok(est.get(key_out)))):
                         vid = self._vid_conn("in", c)
                         shadow = c
                 elif kind == "out":
                     c = est.get(key_out)
-                    if ok(c):
+                    if c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE:
                         vid = self._vid_conn("out", c)
                 else:
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
                     st = _nb.STAMP_FOREVER
                 if vid >= 0 and self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)
-                b = _nb.F_DSTRIDE * dd
+                b = row + _nb.F_DSTRIDE * dd
+                fm[b + _nb.F_VID] = vid
+                fm[b + _nb.F_STAMP] = st
                 if shadow is not None:
                     if conns is None:
                         conns = [None, None]
                     conns[dd] = shadow
-                    # vid, stamp, rcv_nxt, timestamp, shadowed, not moved yet
-                    fst[s, b:b + 6] = (vid, st, shadow.rcv_nxt, -1 if shadow.tsval is None else shadow.tsval, 1, 0)
-                else:
-                    fst[s, b:b + 2] = (vid, st)
+                    # rcv_nxt, timestamp, shadowed, not moved yet
+                    fm[b + _nb.F_RCV] = shadow.rcv_nxt
+                    fm[b + _nb.F_TSV] = -1 if shadow.tsval is None else shadow.tsval
+                    fm[b + _nb.F_SHADOW] = 1
+                    fm[b + _nb.F_DIRTY] = 0
             if conns is not None:
                 self.shadowed[s] = conns
             return
         # UDP: the verdict just seen, if nothing in the table moved while it was decided.
         v = rec.v
         vid = -1
-        stamp = self.sc[_nb.S_GEN_UDP]
+        stamp = self.scm[_nb.S_GEN_UDP]
         if rec.direction == "transit":
             vid = self._vid("transit", v)
             stamp = _nb.STAMP_FOREVER
         elif quiet and v.verdict in ("deliver", "outbound") and rec.packet is p:
             vid = self._vid(rec.direction, v)
-        fst[s, _nb.F_VID + _nb.F_DSTRIDE * d] = vid
-        fst[s, _nb.F_STAMP + _nb.F_DSTRIDE * d] = stamp
+        b = row + _nb.F_DSTRIDE * d
+        fm[b + _nb.F_VID] = vid
+        fm[b + _nb.F_STAMP] = stamp
         if vid >= 0:
             self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
 
@@ -411,44 +419,48 @@ class BatchEngine:
         self.sc[_nb.S_EVENT_NS] = _INT64_MAX if at > 2.0 ** 62 else max(int(at), -(1 << 62))
 
     def _decide(self, p, frame=None) -> Record:
-        """One packet through the reference engine, with the bookkeeping around it."""
+        """One packet through the reference engine, with the bookkeeping around it.
+        Returns (record, quiet: the socket table did not change while it was decided)."""
         k = self.k
-        tab, tcp = self.changes_tab, self.changes_tcp
+        gen, claims = k.generation, self.claims
         rec = self.eng.decide(p, frame)
         self.slow_packets += 1
         if self.t0_ns is None:
             self.t0_ns = self._first_ns
             self._event_threshold()
+        quiet = True
         if len(k.events) != self.n_events:
             self.n_events = len(k.events)
-            self.sc[_nb.S_GEN_TCP] += 1
-            self.sc[_nb.S_GEN_UDP] += 1
+            quiet = False
+            self.scm[_nb.S_GEN_TCP] += 1
+            self.scm[_nb.S_GEN_UDP] += 1
             self._event_threshold()
-            tab = -1
-        if self.changes_tcp != tcp:
-            self.sc[_nb.S_GEN_TCP] += 1
-        if self.changes_tab != tab:
-            self.sc[_nb.S_GEN_UDP] += 1
+        elif self.claims != claims:
+            quiet = False
+            self.scm[_nb.S_GEN_TCP] += 1
+            self.scm[_nb.S_GEN_UDP] += 1
+        elif k.generation != gen:
+            quiet = False
+            self.scm[_nb.S_GEN_UDP] += 1
         summ = self.summary
         before = len(summ.per_proc)
         summ.add(rec)
         if len(summ.per_proc) != before:
             for key in list(summ.per_proc)[before:]:
                 self.first_n.setdefault(key, rec.n)
-        return rec, self.changes_tab == tab
+        return rec, quiet
 
     def _slow(self, buf, i: int) -> None:
-        row = self.C[i, :_nb.LT + 1].tolist()
-        s, d = self.sc[_nb.S_SLOW_FLOW:_nb.S_SLOW_DIR + 1].tolist()
+        o = i * _nb.NCOL
+        n, ns, off, cap, orig, ifid, lt = self.Cm[o:o + _nb.LT + 1].tolist()
+        scm = self.scm
+        s, d = scm[_nb.S_SLOW_FLOW], scm[_nb.S_SLOW_DIR]
         if s >= 0 and s in self.shadowed:
             self._sync(s)
-        off = row[_nb.OFF]
-        ns = row[_nb.TS]
-        ifid = row[_nb.IFID]
         if self.t0_ns is None:
             self._first_ns = ns
-        p = parse(row[_nb.N], ns / 1000000000, row[_nb.LT], buf[off:off + row[_nb.CAP]].tobytes(),
-                  self.ifnames[ifid] if ifid >= 0 else None, row[_nb.ORIG])
+        p = parse(n, ns / 1000000000, lt, buf[off:off + cap].tobytes(),
+                  self.ifnames[ifid] if ifid >= 0 else None, orig)
         rec, quiet = self._decide(p)
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
