@@ -518,15 +518,16 @@ def _ts(out, o, ns):
 
 
 @njit(cache=True, nogil=True)
-def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow_len):
+def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow_len, slow_tpl):
     """The lines of frames 0..k into ``out``; returns the bytes written. A fast packet's
     line is assembled from its flow's template (proto, src, dst; in tarena), its flags,
     length and its verdict's template (in varena); any other packet's line was written by
-    Python into sarena at slow_off[i]."""
+    Python into sarena at slow_off[i]: whole, or (slow_tpl[i]) only the part after
+    ``len``, the rest being assembled as a fast packet's."""
     o = 0
     for i in range(k):
         v = C[i, VID]
-        if v < 0:
+        if v < 0 and not slow_tpl[i]:
             o = _put(out, o, sarena, slow_off[i], slow_len[i])
             continue
         s = C[i, FLOW]
@@ -543,5 +544,8 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
         fi = C[i, FLAGS] if C[i, PROTO] == 6 else 256
         o = _put(out, o, varena, flagtpl[fi, 0], flagtpl[fi, 1])
         o = _itoa(out, o, C[i, PLEN])
-        o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
+        if v < 0:
+            o = _put(out, o, sarena, slow_off[i], slow_len[i])
+        else:
+            o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
     return o

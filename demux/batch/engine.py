@@ -79,8 +79,22 @@ _READ = 16 << 20
 
 
 def _encoder():
-    # The same encoder as demux.render.records.JsonlSink, so bytes agree.
-    return json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
+    """The same encoder as demux.render.records.JsonlSink, so bytes agree, for dicts.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call; the kernel path encodes
+    a few dicts per packet, so the C encoder is built once here, with the arguments
+    ``JSONEncoder.iterencode`` gives it (no circular-reference check: records have none)."""
+    e = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)
+    from json.encoder import c_make_encoder, encode_basestring
+    if c_make_encoder is None:      # pragma: no cover - CPython ships _json
+        return e.encode
+    it = c_make_encoder(None, e.default, encode_basestring, None, e.key_separator, e.item_separator,
+                        e.sort_keys, e.skipkeys, e.allow_nan)
+    join = "".join
+
+    def enc(o: dict) -> str:
+        return join(it(o, 0))
+    return enc
 
 
 class _Arena:
@@ -156,6 +170,10 @@ class BatchEngine:
         self.sarena = bytearray()
         self.slow_off = np.zeros(chunk, np.int64)
         self.slow_len = np.zeros(chunk, np.int64)
+        # 1: the kernel packet's line is its flow's template line with the suffix in the
+        # slow arena; 0: the whole line is in the slow arena.
+        self.slow_tpl = np.zeros(chunk, np.int64)
+        self._ts_fine = False
         self.max_tpl = 0
         self.max_suf = 0
         self.flagtpl = np.zeros((257, 2), np.int64)
@@ -465,7 +483,25 @@ class BatchEngine:
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
         if self.out is not None:
-            line = (self.enc(rec.as_dict()) + "\n").encode()
+            if (s >= 0 and self._ts_fine and rec.packet is p
+                    and p.payload_len == self.Cm[o + _nb.PLEN] and p.flags & 0xFF == self.Cm[o + _nb.FLAGS]):
+                # A packet the numba parser read (s >= 0): its line starts as a cached
+                # packet's does (n, ts, the flow's template, flags, len), which
+                # _nb.jsonl writes; only the verdict's fields are encoded here.
+                if not self.ftm[4 * s + 2 * d + 1]:
+                    self._template(s, d, p.proto, p.src, p.sport, p.dst, p.dport)
+                v = rec.v
+                proc = v.proc
+                line = (", " + self.enc({
+                    "direction": rec.direction, "verdict": v.verdict,
+                    "process": proc.name if proc is not None else None,
+                    "pid": proc.pid if proc is not None else None,
+                    "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason,
+                    "reply": v.reply})[1:] + "\n").encode()
+                self.slow_tpl[i] = 1
+            else:
+                line = (self.enc(rec.as_dict()) + "\n").encode()
+                self.slow_tpl[i] = 0
             self.slow_off[i] = len(self.sarena)
             self.slow_len[i] = len(line)
             self.sarena += line
@@ -477,6 +513,8 @@ class BatchEngine:
             # kernel once). Past half full within a chunk, new flows go to the kernel.
             self._clear_flows()
         _nb.parse(buf, C, k)
+        if self.out is not None:
+            self._ts_fine = _nb.ts_ok(C, k)
         run, slow = _nb.run, self._slow
         fst, sc = self.fst, self.sc
         i = 0
@@ -493,7 +531,7 @@ class BatchEngine:
 
     def _emit(self, k: int) -> None:
         sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
-        if not _nb.ts_ok(self.C, k):
+        if not self._ts_fine:
             # Timestamps the numba writer cannot print exactly: these lines go through
             # the reference encoder's float repr instead.
             self._python_ts_lines(k)
@@ -502,7 +540,8 @@ class BatchEngine:
         out = self._outbuf(bound)
         C = self.C
         args = (C.copy() if self.workers > 1 else C, k, out, self.tarena.buf, self.ftpl.copy() if self.workers > 1 else self.ftpl,
-                self.varena.buf, self.vsuf, self.flagtpl, sa, self.slow_off[:k].copy(), self.slow_len[:k].copy())
+                self.varena.buf, self.vsuf, self.flagtpl, sa, self.slow_off[:k].copy(), self.slow_len[:k].copy(),
+                self.slow_tpl[:k].copy())
         self.sarena = bytearray()
         if self.workers > 1:
             # Format this chunk on another core (the numba writer releases the GIL)
@@ -541,6 +580,7 @@ class BatchEngine:
                     + tpl + fl + str(int(C[i, _nb.PLEN])).encode() + suf)
             self.slow_off[i] = len(self.sarena)
             self.slow_len[i] = len(line)
+            self.slow_tpl[i] = 0
             self.sarena += line
             C[i, _nb.VID] = -1       # run() has counted it already; only its line moves
 
