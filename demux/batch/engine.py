@@ -97,11 +97,44 @@ def _encoder():
     return enc
 
 
+def _value_encoder(enc):
+    """One JSON value as ``enc`` writes it inside a dict, the common types without the
+    encoder's per-call setup: None, str (the C string escaper json itself uses) and
+    exact ints; anything else through ``enc`` itself."""
+    from json.encoder import encode_basestring as esc
+    int_repr = int.__repr__
+
+    def value(x) -> str:
+        if x is None:
+            return "null"
+        t = x.__class__
+        if t is str:
+            return esc(x)
+        if t is int:
+            return int_repr(x)
+        return enc({"": x})[5:-1]
+    return value
+
+
+def _verdict_tail(value, direction, v) -> bytes:
+    """The end of a record's jsonl line, after ``len``: what ``Record.as_dict`` puts
+    there, as the reference's encoder writes it, with the newline."""
+    proc = v.proc
+    if proc is None:
+        who = ', "process": null, "pid": null, "fd": '
+    else:
+        who = ', "process": ' + value(proc.name) + ', "pid": ' + value(proc.pid) + ', "fd": '
+    return (', "direction": ' + value(direction) + ', "verdict": ' + value(v.verdict) + who + value(v.fd)
+            + ', "socket": ' + value(v.socket) + ', "state": ' + value(v.state) + ', "reason": '
+            + value(v.reason) + ', "reply": ' + value(v.reply) + "}\n").encode()
+
+
 class _Arena:
     """An append-only byte store numba can read: (offset, length) per piece."""
 
     def __init__(self, cap: int = 1 << 16):
         self.buf = np.empty(cap, np.uint8)
+        self.mv = memoryview(self.buf)        # a bytes copy into it costs no numpy call
         self.used = 0
 
     def add(self, b: bytes) -> tuple[int, int]:
@@ -110,8 +143,9 @@ class _Arena:
             new = np.empty(max(2 * len(self.buf), self.used + n), np.uint8)
             new[:self.used] = self.buf[:self.used]
             self.buf = new
+            self.mv = memoryview(new)
         off = self.used
-        self.buf[off:off + n] = np.frombuffer(b, np.uint8)
+        self.mv[off:off + n] = b
         self.used += n
         return off, n
 
@@ -165,6 +199,7 @@ class BatchEngine:
         self.ifnames: list[str | None] = []
         self.out = jsonl_out
         self.enc = _encoder()
+        self.value = _value_encoder(self.enc)
         self.tarena = _Arena()
         self.varena = _Arena()
         self.sarena = bytearray()
@@ -245,12 +280,7 @@ class BatchEngine:
         return vid
 
     def _suffix(self, vid: int, direction: str, v: Verdict) -> None:
-        proc = v.proc
-        d = {"direction": direction, "verdict": v.verdict,
-             "process": proc.name if proc is not None else None,
-             "pid": proc.pid if proc is not None else None,
-             "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason, "reply": v.reply}
-        b = (", " + self.enc(d)[1:] + "\n").encode()
+        b = _verdict_tail(self.value, direction, v)
         self.vsuf[vid] = self.varena.add(b)
         self.max_suf = max(self.max_suf, len(b))
 
@@ -337,8 +367,9 @@ class BatchEngine:
         ftm = self.ftm
         if self.out is None or ftm[4 * s + 2 * d + 1]:
             return
-        t = self.enc({"proto": "tcp" if proto == 6 else "udp", "src": endpoint(src, sport),
-                      "dst": endpoint(dst, dport)})[1:-1].encode()
+        value = self.value
+        t = (('"proto": "tcp", "src": ' if proto == 6 else '"proto": "udp", "src": ') + value(endpoint(src, sport))
+             + ', "dst": ' + value(endpoint(dst, dport))).encode()
         ftm[4 * s + 2 * d], ftm[4 * s + 2 * d + 1] = self.tarena.add(t)
         self.max_tpl = max(self.max_tpl, len(t))
 
@@ -490,14 +521,7 @@ class BatchEngine:
                 # _nb.jsonl writes; only the verdict's fields are encoded here.
                 if not self.ftm[4 * s + 2 * d + 1]:
                     self._template(s, d, p.proto, p.src, p.sport, p.dst, p.dport)
-                v = rec.v
-                proc = v.proc
-                line = (", " + self.enc({
-                    "direction": rec.direction, "verdict": v.verdict,
-                    "process": proc.name if proc is not None else None,
-                    "pid": proc.pid if proc is not None else None,
-                    "fd": v.fd, "socket": v.socket, "state": v.state, "reason": v.reason,
-                    "reply": v.reply})[1:] + "\n").encode()
+                line = _verdict_tail(self.value, rec.direction, rec.v)
                 self.slow_tpl[i] = 1
             else:
                 line = (self.enc(rec.as_dict()) + "\n").encode()
