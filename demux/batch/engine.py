@@ -54,6 +54,7 @@ numba writer releases the GIL) while the next chunk is replayed. Output is ident
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -618,9 +619,18 @@ class BatchEngine:
             first_lt = next(iter(reader.linktypes)) if reader.linktypes else None
         if self.workers > 1 and self.out is not None:
             self._writer = _Writer(self.out, self._pool_lock)
+        # The objects alive before the replay (numba's compiler, the modules: ~10^5)
+        # cannot become garbage during it; a full collection would still walk them all
+        # (~0.1 s each on a small VM). Out of the collector's sight while the replay runs,
+        # back afterwards; not when the caller froze objects of its own.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
         try:
             warning = self._run(path, fmt, first_lt)
         finally:
+            if freeze:
+                gc.unfreeze()
             if self._writer is not None:
                 self._writer.close()
         self._sync_all()
