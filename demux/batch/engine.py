@@ -209,6 +209,8 @@ class BatchEngine:
         # 1: the kernel packet's line is its flow's template line with the suffix in the
         # slow arena; 0: the whole line is in the slow arena.
         self.slow_tpl = np.zeros(chunk, np.int64)
+        self.slow_offm, self.slow_lenm, self.slow_tplm = (memoryview(a) for a in
+                                                          (self.slow_off, self.slow_len, self.slow_tpl))
         self._ts_fine = False
         self.max_tpl = 0
         self.max_suf = 0
@@ -397,19 +399,26 @@ class BatchEngine:
             est = self.k.est
             conns = None
             stamp = self.scm[_nb.S_GEN_TCP]
-            for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(self._flow_info(s, d, p)):
+            vids = self.vids
+            info = self.finfo.get(s) or self._flow_info(s, d, p)
+            for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(info):
                 vid, st, shadow = -1, stamp, None
+                # _conn_ok and _vid_conn's lookup, inline: this runs for every packet
+                # that reaches the kernel.
                 if kind == "in" or kind == "loop":
                     c = est.get(key_in)
-                    # _conn_ok, inline: this runs for every packet that reaches the kernel
                     if (c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
                             and (kind == "in" or self._conn_ok(est.get(key_out)))):
-                        vid = self._vid_conn("in", c)
+                        vid = vids.get(("in", c, c.state, c.fd, c.reason))
+                        if vid is None:
+                            vid = self._vid_conn("in", c)
                         shadow = c
                 elif kind == "out":
                     c = est.get(key_out)
                     if c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE:
-                        vid = self._vid_conn("out", c)
+                        vid = vids.get(("out", c, c.state, c.fd, c.reason))
+                        if vid is None:
+                            vid = self._vid_conn("out", c)
                 else:
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
                     st = _nb.STAMP_FOREVER
@@ -509,7 +518,7 @@ class BatchEngine:
             self._sync(s)
         if self.t0_ns is None:
             self._first_ns = ns
-        p = parse(n, ns / 1000000000, lt, buf[off:off + cap].tobytes(),
+        p = parse(n, ns / 1000000000, lt, self.bufm[off:off + cap].tobytes(),
                   self.ifnames[ifid] if ifid >= 0 else None, orig)
         rec, quiet = self._decide(p)
         if s >= 0:
@@ -523,12 +532,12 @@ class BatchEngine:
                 if not self.ftm[4 * s + 2 * d + 1]:
                     self._template(s, d, p.proto, p.src, p.sport, p.dst, p.dport)
                 line = _verdict_tail(self.value, rec.direction, rec.v)
-                self.slow_tpl[i] = 1
+                self.slow_tplm[i] = 1
             else:
                 line = (self.enc(rec.as_dict()) + "\n").encode()
-                self.slow_tpl[i] = 0
-            self.slow_off[i] = len(self.sarena)
-            self.slow_len[i] = len(line)
+                self.slow_tplm[i] = 0
+            self.slow_offm[i] = len(self.sarena)
+            self.slow_lenm[i] = len(line)
             self.sarena += line
 
     def _chunk(self, buf, k: int) -> None:
@@ -538,6 +547,8 @@ class BatchEngine:
             # kernel once). Past half full within a chunk, new flows go to the kernel.
             self._clear_flows()
         _nb.parse(buf, C, k)
+        if self.bufm is None or self.bufm.obj is not buf:
+            self.bufm = memoryview(buf)
         if self.out is not None:
             self._ts_fine = _nb.ts_ok(C, k)
         run, slow = _nb.run, self._slow
@@ -748,6 +759,7 @@ class BatchEngine:
 
     _le = True
     _first_ns = 0
+    bufm = None
 
     def _reference_rest(self, path: str, done: int):
         """Frames after ``done`` through the reference reader and engine, same kernel."""
