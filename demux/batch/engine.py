@@ -33,13 +33,16 @@ tests/test_batch.py hold them to the reference, packet for packet):
   before an event's time go to the kernel, which applies it; every cache is void after.
 - Socket-table changes (a client socket claimed, an unknown local socket made, a socket
   unhashed) void the UDP caches; a claim (which may move an established entry) voids
-  the TCP caches as well. The kernel is watched through its own methods, not changed.
+  the TCP caches as well. The kernel's ``generation`` (moved by every table change)
+  tells the first; claims are counted through the kernel's own method, not changed.
 
 Output: ``--summary`` needs only per-verdict counts (the loop counts per cached verdict;
 packets that went to the kernel are added to the ``Summary`` as the reference does);
 jsonl lines of cached packets are assembled by ``_nb.jsonl`` from byte templates made
-with the reference's own encoder (per flow direction: proto, src, dst; per verdict: the
-fields after ``len``), packets that went to the kernel are encoded from their Record.
+with the reference's own JSON escaping (per flow direction: proto, src, dst; per verdict:
+the fields after ``len``). A packet that went to the kernel and that ``_nb.parse`` read
+gets the same line start, with the fields after ``len`` written from its Record; any
+other packet is encoded whole from its Record.
 
 A capture the walker cannot finish (damage part-way, a pcapng interface with an
 unsupported link type or timestamp resolution) is finished with the reference reader
