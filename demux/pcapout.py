@@ -64,7 +64,33 @@ def _option(code: int, value: bytes) -> bytes:
     return _OPT.pack(code, len(value)) + value + b"\0" * _pad(len(value))
 
 
-class PcapWriter:
+class _Output:
+    """What both writers share: the output file, flushing, closing, ``with`` blocks.
+    A file object handed in is flushed but left open; a path is closed."""
+
+    _f = None
+    _own = False
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is None:
+            return
+        if self._own:
+            self._f.close()
+        else:
+            self._f.flush()
+        self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PcapWriter(_Output):
     """Classic pcap (magic a1b2c3d4, or a1b23c4d with ``nanos``), one link type per file.
 
     Data longer than ``snaplen`` is cut to it; ``orig_len`` keeps the length on the wire.
@@ -106,26 +132,9 @@ class PcapWriter:
                              f"this pcap holds link type {self.linktype}")
         self.write(frame.ts_ns, frame.data, frame.orig_len)
 
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        if self._f is None:
-            return
-        if self._own:
-            self._f.close()
-        else:
-            self._f.flush()
-        self._f = None
-
-    def __enter__(self) -> "PcapWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
-class PcapngWriter:
+class PcapngWriter(_Output):
     """pcapng: one section, an IDB per (link type, interface name), EPBs with options."""
 
     def __init__(self, path_or_fileobj, snaplen: int = 262144, application: str | None = None):
@@ -195,20 +204,3 @@ class PcapngWriter:
         self.write(frame.ts_ns, frame.data, frame.orig_len, linktype=frame.linktype,
                    ifname=frame.ifname, comment=comment, pid=pid, direction=direction)
 
-    def flush(self) -> None:
-        self._f.flush()
-
-    def close(self) -> None:
-        if self._f is None:
-            return
-        if self._own:
-            self._f.close()
-        else:
-            self._f.flush()
-        self._f = None
-
-    def __enter__(self) -> "PcapngWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
