@@ -133,7 +133,6 @@ class PcapWriter(_Output):
         self.write(frame.ts_ns, frame.data, frame.orig_len)
 
 
-
 class PcapngWriter(_Output):
     """pcapng: one section, an IDB per (link type, interface name), EPBs with options."""
 
@@ -203,4 +202,3 @@ class PcapngWriter(_Output):
         """Copy a ``demux.capture.Frame``, keeping its link type, interface and timestamp."""
         self.write(frame.ts_ns, frame.data, frame.orig_len, linktype=frame.linktype,
                    ifname=frame.ifname, comment=comment, pid=pid, direction=direction)
-
