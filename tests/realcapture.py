@@ -40,7 +40,6 @@ import ctypes
 import errno
 import gc
 import os
-import re
 import select
 import signal
 import socket
@@ -51,7 +50,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from demux.scenario import SocketSpec
-from realkernel import RealKernelError, _check_allowed, _Deadline, _errname, _fmt, _ip, _ip_batch, _plain, _setns
+from realkernel import RealKernelError, _check_allowed, _errname, _fmt, _ip, _ip_batch, _plain, _setns
 
 HOST_MAC, PEER_MAC = "02:09:00:00:00:01", "02:09:00:00:00:02"
 CTL_FD = 250            # where a child's control pipe lives, out of the way of its sockets

@@ -7,7 +7,6 @@ Small captures made here with scapy, one behaviour each, then the real captures 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys

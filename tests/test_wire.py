@@ -225,7 +225,7 @@ CASES = [
 
 
 def _scapy_of(lt, raw):
-    from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether, Loopback
+    from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
     # scapy's Loopback does not bind every BSD AF_INET6 value: dissect the IP part only.
     return {1: Ether, 113: CookedLinux, 276: CookedLinuxV2,
             0: lambda b: IP(b[4:]) if b[4] >> 4 == 4 else IPv6(b[4:]),

@@ -59,14 +59,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import threading
 from collections import deque
 
 import numpy as np
 
 from demux.batch import _nb
-from demux.capture import MAX_RECORD, SUPPORTED_LINKTYPES, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
+from demux.capture import MAX_RECORD, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record
 from demux.kernel import Verdict
 from demux.kernel import tcp_states as ts

@@ -829,7 +829,7 @@ class Kernel:
             l, exact = self._listener(p, local, lport, remote, rport, steps)
             if l is not None:
                 c = Conn(key, p.family, ts.ESTAB, l.proc, None,
-                         f"assumed established (handshake before the capture); accepted from "
+                         "assumed established (handshake before the capture); accepted from "
                          + self._listener_reason(l, exact, local, lport), listener=l)
                 self._accept(c, l)
             elif self.port_low <= lport <= self.port_high and not self.owners.get(("tcp", lport)):

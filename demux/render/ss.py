@@ -7,7 +7,7 @@ queue and Send-Q its backlog; ``users:(("name",pid=N,fd=M))`` with ``-p``.
 
 from __future__ import annotations
 
-from demux.kernel.sock import ANY4, ANY6, unpack
+from demux.kernel.sock import ANY6, unpack
 
 
 def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto: str,
