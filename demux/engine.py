@@ -61,6 +61,7 @@ class Engine:
         self.scenario = scenario
         self.kernel = Kernel.from_scenario(scenario, seed)
         self.t0: float | None = None
+        self._local: dict[bytes, bool] = {}
         self.incomplete: list = []          # datagrams reassembly gave up on
         # SO_BINDTODEVICE needs the arrival interface; a capture without interface names
         # gets the one the scenario gives the local address (or its only interface).
@@ -90,9 +91,13 @@ class Engine:
             return Record(p.n, p.ts, p, None, Verdict("malformed", p.error), frame)
         if not p.family:
             return Record(p.n, p.ts, p, None, Verdict("ignored", "not an IP packet"), frame)
-        local = k.local_set
-        src_local = p.src in local or k.is_local(p.src)
-        dst_local = p.dst in local or k.is_local(p.dst)
+        memo = self._local
+        src_local = memo.get(p.src)
+        if src_local is None:
+            src_local = self._remember(p.src)
+        dst_local = memo.get(p.dst)
+        if dst_local is None:
+            dst_local = self._remember(p.dst)
         if dst_local:
             direction = "in"
         elif src_local:
@@ -130,6 +135,13 @@ class Engine:
         else:
             v = k.output(p, p.ts, steps)
         return Record(p.n, p.ts, p, direction, v, frame)
+
+    def _remember(self, addr: bytes) -> bool:
+        # Is this address the host's? Asked twice a packet, so remembered per address.
+        if len(self._local) > 1 << 16:
+            self._local.clear()
+        local = self._local[addr] = self.kernel.is_local(addr)
+        return local
 
     def _interface(self, local: bytes) -> str | None:
         name = self.ifnames.get(local)

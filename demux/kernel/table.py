@@ -164,7 +164,6 @@ class Kernel:
                 if plen <= 30:
                     host_mask = (1 << (32 - plen)) - 1
                     self.bcast4.add((int.from_bytes(b, "big") | host_mask).to_bytes(4, "big"))
-        self.local_set = self.local4 | self.local6      # the hot path's first test
         self.procs = [ProcState(p, i) for i, p in enumerate(sc.processes)]
         self.owners: dict[tuple[str, int], list[Sock]] = {}      # bind buckets, head first
         self.listeners: dict[int, list[Sock]] = {}               # TCP lhash2 chains per port
