@@ -449,3 +449,14 @@ def test_C_ipv6_multicast_and_link_local_binds():
              '{proto="udp", bind="[ff02::1]:8080"}, {proto="udp", bind="[fe80::1]:8080"},'
              '{proto="udp", bind="224.0.0.251:8080"}, {proto="tcp", bind="224.0.0.251:8080", listen=false}')
     assert results(kernel(socks)) == ["EINVAL", "ok", "EINVAL", "EINVAL", "ok", "ok"]
+
+
+def test_B5_icmp_rate_limit_is_a_token_bucket_per_peer():
+    # The one ICMP limiter (replay and live both ask the kernel): burst 6, then 1 s a token.
+    k = kernel("")
+    a, b = pack("198.51.100.1"), pack("198.51.100.2")
+    assert [k._icmp_allowed(b, 100.0) for _ in range(8)] == [True] * 6 + [False] * 2
+    assert k._icmp_allowed(a, 100.0)                 # another peer has its own bucket
+    assert not k._icmp_allowed(b, 100.5) and k._icmp_allowed(b, 101.1) and not k._icmp_allowed(b, 101.2)
+    assert k.icmp_ratelimited == 4
+    assert all(k._icmp_allowed(pack("127.0.0.1"), 100.0) for _ in range(20))   # loopback: never

@@ -152,13 +152,6 @@ def test_icmpv6_port_unreachable_quotes_the_datagram():
     assert s[IPerror6].src == "fd66::1" and bytes(s[ICMPv6DestUnreach].payload) == raw
 
 
-def test_icmp_rate_limit_is_a_token_bucket_per_peer():
-    rl = pk.IcmpRateLimit()
-    assert [rl.allow(B4, 100.0) for _ in range(8)] == [True] * 6 + [False] * 2
-    assert rl.allow(A4, 100.0)                 # another peer has its own bucket
-    assert not rl.allow(B4, 100.5) and rl.allow(B4, 101.1) and not rl.allow(B4, 101.2)
-
-
 # ---- the TCP stack, with byte arrays ----------------------------------------------------
 
 class App:

@@ -172,6 +172,7 @@ class Kernel:
         self.udp_implicit: dict[tuple[bytes, int], Sock] = {}    # unknown local UDP senders
         self.perturb: dict[tuple, int] = {}                      # __inet_hash_connect table_perturb
         self.icmp_peers: dict[bytes, tuple[float, float]] = {}   # inet_peer rate_tokens, rate_last
+        self.icmp_ratelimited = 0                                # IcmpOutRateLimitHost
         self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
         self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
         self._lcache: dict[tuple, tuple] = {}                    # listener/UDP match per local end
@@ -1029,6 +1030,10 @@ class Kernel:
         allowed = tokens >= cost
         if allowed:
             tokens -= cost
+        else:
+            self.icmp_ratelimited += 1
+        if len(self.icmp_peers) > 1 << 16:      # the inetpeer cache is bounded too
+            self.icmp_peers.clear()
         self.icmp_peers[peer] = (tokens, now)
         return allowed
 

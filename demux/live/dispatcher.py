@@ -55,7 +55,6 @@ class Dispatcher:
         self.workers = [Worker(p, handlers[p.name], queue) for p in kernel.procs]
         self.stack = Stack(self.mtu, on_data=self._tcp_data, on_eof=self._tcp_eof,
                            on_forget=self._forget)
-        self.icmp = pk.IcmpRateLimit()
         self.reasm = Reassembler()
         self.t0 = time.monotonic()
         self.stopping = False
@@ -66,6 +65,7 @@ class Dispatcher:
         self.ignored = self.malformed = 0
         self.delivered: dict[int, list[int]] = {}      # proc index -> [packets, bytes, to handler]
         self.rejected = {"rst": 0, "icmp-port-unreachable": 0, "silent": 0, "icmp rate-limited": 0}
+        self._icmp_limited_seen = 0
         self.dropped: dict[str, int] = {}
         self.restarts: dict[int, int] = {}
 
@@ -243,12 +243,15 @@ class Dispatcher:
                 self._write(pkt)
                 return
         elif v.reply == "icmp-port-unreachable":
-            if self.icmp.allow(p.src, now):
-                self.rejected["icmp-port-unreachable"] += 1
-                self._ip_id = (self._ip_id + 1) & 0xFFFF
-                self._write(pk.icmp_port_unreachable(p, self._ip_id))
-            else:
-                self.rejected["icmp rate-limited"] += 1
+            self.rejected["icmp-port-unreachable"] += 1
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            self._write(pk.icmp_port_unreachable(p, self._ip_id))
+            return
+        # The kernel's ICMP rate limit decided (reply None): count it apart from silence.
+        limited = self.kernel.icmp_ratelimited
+        if limited != self._icmp_limited_seen:
+            self._icmp_limited_seen = limited
+            self.rejected["icmp rate-limited"] += 1
             return
         self.rejected["silent"] += 1
 

@@ -198,27 +198,3 @@ def icmp_port_unreachable(p, ident: int = 0) -> bytes:
     csum = checksum(body, _pseudo(p.dst, p.src, ICMPV6, len(body)))
     body = body[:2] + csum.to_bytes(2, "big") + body[4:]
     return ipv6_header(p.dst, p.src, ICMPV6, len(body), flow=flow_label(p.dst, p.src)) + body
-
-
-class IcmpRateLimit:
-    """Per-peer ICMP error rate limit: ``icmpv4_xrlim_allow`` / ``icmpv6_xrlim_allow``
-    via ``inet_peer_xrlim_allow``, a token bucket of net.ipv4.icmp_ratelimit (1000 ms)
-    per error with a burst of XRLIM_BURST_FACTOR (6) errors. Time is passed in."""
-
-    BURST_FACTOR = 6
-
-    def __init__(self, interval: float = 1.0):
-        self.interval = interval
-        self.peers: dict[bytes, tuple[float, float]] = {}    # peer -> (tokens, last)
-
-    def allow(self, peer: bytes, now: float) -> bool:
-        tokens, last = self.peers.get(peer, (0.0, None))
-        burst = self.BURST_FACTOR * self.interval
-        tokens = burst if last is None else min(burst, tokens + now - last)
-        ok = tokens >= self.interval
-        if ok:
-            tokens -= self.interval
-        if len(self.peers) > 4096:     # the inetpeer cache is bounded too
-            self.peers.clear()
-        self.peers[peer] = (tokens, now)
-        return ok
