@@ -65,22 +65,10 @@ def _link(w: _Walk, linktype: int) -> None:
     if linktype == 1:
         if not w.emit(w.layer(f.ETHERNET.name), f.ETHERNET, 0):
             return
-        off, et = f.ETHERNET.length, w.u16(12)
-        while et in _VLAN_NAMES:
-            if not w.emit(w.layer(_VLAN_NAMES[et]), f.VLAN, off):
-                return
-            et = w.u16(off + 2)
-            off += f.VLAN.length
-        _ethertype(w, et, off)
+        _ethertype(w, w.u16(12), f.ETHERNET.length)
     elif linktype == 113:
         if w.emit(w.layer(f.SLL.name), f.SLL, 0):
-            et, off = w.u16(14), f.SLL.length
-            while et in _VLAN_NAMES:
-                if not w.emit(w.layer(_VLAN_NAMES[et]), f.VLAN, off):
-                    return
-                et = w.u16(off + 2)
-                off += f.VLAN.length
-            _ethertype(w, et, off)
+            _ethertype(w, w.u16(14), f.SLL.length)
     elif linktype == 276:
         if w.emit(w.layer(f.SLL2.name), f.SLL2, 0):
             _ethertype(w, w.u16(0), f.SLL2.length)
@@ -102,6 +90,13 @@ def _link(w: _Walk, linktype: int) -> None:
 
 
 def _ethertype(w: _Walk, et: int | None, off: int) -> None:
+    """What an ethertype names at ``off``: 802.1Q/802.1ad tags (any depth, after any
+    link header, as the parser takes them), then IPv4 or IPv6."""
+    while et in _VLAN_NAMES:
+        if not w.emit(w.layer(_VLAN_NAMES[et]), f.VLAN, off):
+            return
+        et = w.u16(off + 2)
+        off += f.VLAN.length
     if et == 0x0800:
         _ip(w, 4, off)
     elif et == 0x86DD:
