@@ -100,9 +100,13 @@ def _in_bucket(sk: Sock, family: int, addr: bytes) -> bool:
 
 
 def tcp_listener(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr: bytes, dport: int,
-                 ifname: str | None, seed: int, steps: list | None) -> tuple[Sock | None, bool]:
+                 ifname: str | None, seed: int, steps: list | None,
+                 pick: bool = True) -> tuple[Sock | None, bool]:
     """``__inet_lookup_listener``: the exact-address bucket, then the wildcard bucket
-    (``inet_lhash2_lookup`` on each). Returns (socket, matched in the exact bucket)."""
+    (``inet_lhash2_lookup`` on each). Returns (socket, matched in the exact bucket).
+    With ``pick`` False a SO_REUSEPORT group is answered by the member that ended the
+    search, before the flow hash picks one: that answer depends on the local end only,
+    so the table caches it."""
     wild = ANY4 if family == 4 else ANY6
     for exact, addr in ((True, daddr), (False, wild)):
         hiscore, result = 0, None
@@ -119,50 +123,12 @@ def tcp_listener(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr
             if score > hiscore:
                 # inet_lookup_reuseport: a group member ends the search at once.
                 if sk.group is not None:
+                    if not pick:
+                        return sk, exact
                     picked = reuseport_select(sk.group, flow_hash(seed, saddr, sport, daddr, dport), steps)
                     if picked is not None:
                         return picked, exact
                 result, hiscore = sk, score
-        if result is not None:
-            return result, exact
-    return None, False
-
-
-def tcp_listener_match(chain: list[Sock], family: int, daddr: bytes, dport: int,
-                       ifname: str | None) -> tuple[Sock | None, bool]:
-    """``tcp_listener`` before the SO_REUSEPORT pick: the socket that ends the search (a
-    group member, or the best-scoring socket) and whether it was the exact bucket. It
-    depends only on the local end, so the table can cache it per (address, port, device)."""
-    wild = ANY4 if family == 4 else ANY6
-    for exact, addr in ((True, daddr), (False, wild)):
-        hiscore, result = 0, None
-        for sk in chain:
-            if not _in_bucket(sk, family, addr):
-                continue
-            score = _tcp_score(sk, family, addr, ifname)
-            if score > hiscore:
-                if sk.group is not None:
-                    return sk, exact
-                result, hiscore = sk, score
-        if result is not None:
-            return result, exact
-    return None, False
-
-
-def udp_unicast_match(chain: list[Sock], family: int, daddr: bytes, ifname: str | None) -> tuple[Sock | None, bool]:
-    """``udp_unicast`` before the SO_REUSEPORT pick, for a port with no connected socket
-    (then the scores do not depend on the sender and the answer can be cached)."""
-    wild = ANY4 if family == 4 else ANY6
-    for exact, addr in ((True, daddr), (False, wild)):
-        badness, result = (0 if family == 4 else -1), None
-        for sk in chain:
-            if not _in_bucket(sk, family, addr):
-                continue
-            score = _udp_score(sk, family, b"", 0, addr, ifname)
-            if score > badness:
-                badness, result = score, sk
-                if sk.group is not None:
-                    return sk, exact
         if result is not None:
             return result, exact
     return None, False
@@ -209,8 +175,11 @@ def _udp_score(sk: Sock, family: int, saddr: bytes, sport: int, daddr: bytes, if
 
 
 def udp_unicast(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr: bytes, dport: int,
-                ifname: str | None, seed: int, steps: list | None) -> tuple[Sock | None, bool]:
-    """``__udp4_lib_lookup`` / ``__udp6_lib_lookup`` with ``udp4_lib_lookup2``."""
+                ifname: str | None, seed: int, steps: list | None,
+                pick: bool = True) -> tuple[Sock | None, bool]:
+    """``__udp4_lib_lookup`` / ``__udp6_lib_lookup`` with ``udp4_lib_lookup2``. ``pick``
+    as for ``tcp_listener``; the answer without it is the sender's business only where
+    no socket on the port is connected."""
     wild = ANY4 if family == 4 else ANY6
     for exact, addr in ((True, daddr), (False, wild)):
         # udp4_lib_lookup2 starts at 0 (IPv4 scores start at 1), udp6_lib_lookup2 at -1.
@@ -232,6 +201,8 @@ def udp_unicast(chain: list[Sock], family: int, saddr: bytes, sport: int, daddr:
                 if sk.group is None:
                     result = sk
                     continue
+                if not pick:
+                    return sk, exact
                 picked = reuseport_select(sk.group, flow_hash(seed, saddr, sport, daddr, dport), steps)
                 if picked is None:
                     result = sk

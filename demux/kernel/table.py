@@ -611,8 +611,8 @@ class Kernel:
         key = ("tcp", local, lport, p.ifname)
         hit = self._lcache.get(key)
         if hit is None:
-            hit = self._lcache[key] = lk.tcp_listener_match(self.listeners.get(lport, ()), family, local,
-                                                            lport, p.ifname)
+            hit = self._lcache[key] = lk.tcp_listener(self.listeners.get(lport, ()), family, b"", 0, local,
+                                                      lport, p.ifname, self.seed, None, pick=False)
         sk, exact = hit
         if sk is not None and sk.group is not None:
             sk = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
@@ -626,7 +626,8 @@ class Kernel:
         key = ("udp", local, lport, p.ifname)
         hit = self._lcache.get(key)
         if hit is None:
-            hit = self._lcache[key] = lk.udp_unicast_match(chain, family, local, p.ifname)
+            hit = self._lcache[key] = lk.udp_unicast(chain, family, b"", 0, local, lport, p.ifname,
+                                                     self.seed, None, pick=False)
         sk, exact = hit
         if sk is not None and sk.group is not None:
             picked = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
