@@ -67,8 +67,3 @@ SYN_RECV_SECONDS = 63.0
 def next_state(state: str, direction: str, event: str) -> str:
     """The state after a segment; unchanged when the table has no entry."""
     return TRANSITIONS.get(state, {}).get((direction, event), state)
-
-
-def table_rows() -> list[tuple[str, str, str, str]]:
-    """(state, direction, event, next state) rows, for ``explain`` and the docs."""
-    return [(s, d, e, n) for s, row in TRANSITIONS.items() for (d, e), n in row.items()]
