@@ -66,24 +66,18 @@ def test_established_hit(benchmark, kernel):
     _ns(benchmark, "lookup", "established hit (est dict)", go)
 
 
-class _Pkt:
-    """The one packet attribute the listener lookup reads."""
-    ifname = None
-
-
 def _listener_case(kernel, port):
     chain = kernel.listeners.get(port, ())
     args = [(r, 40000 + i) for i, r in enumerate(REMOTES)]
     est = kernel.est
     listener = kernel._listener
-    pkt = _Pkt()
 
     def go():
         # What Kernel._tcp_in does for a SYN: the established hash misses, then the
-        # kernel's listener lookup (its per-local-end match cache, then SO_REUSEPORT).
+        # kernel's listener lookup (its per-local-end match, then SO_REUSEPORT's hash).
         for r, rp in args:
             est.get((LOCAL, port, r, rp))
-            listener(pkt, LOCAL, port, r, rp, None)
+            listener(None, LOCAL, port, r, rp)
     return go, chain
 
 
@@ -144,12 +138,11 @@ def test_size_listener(benchmark, big):
     picks = [rnd.randrange(n) for _ in range(KEYS)]
     qs = [(pack(addrs[i // 50_000]), 1024 + i % 50_000) for i in picks]
     listener = k._listener
-    pkt = _Pkt()
     peer = bytes([10, 9, 9, 9])
 
     def go():
         for addr, port in qs:
-            listener(pkt, addr, port, peer, 5555, None)
+            listener(None, addr, port, peer, 5555)
     _ns(benchmark, "lookup-size", f"listener lookup, {n} listeners", go)
 
 

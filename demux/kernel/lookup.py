@@ -39,12 +39,18 @@ class ReuseportGroup:
         return f"<ReuseportGroup {self.serial} of {len(self.socks)}>"
 
 
+def flow_hash_base(seed: int, daddr: bytes, dport: int) -> int:
+    """The part of ``flow_hash`` the local end (address and port) fixes: a lookup table
+    computes it once per local end, so a flow costs one CRC over the peer's address."""
+    return zlib.crc32(daddr, (seed ^ dport) & 0xFFFFFFFF)
+
+
 def flow_hash(seed: int, saddr: bytes, sport: int, daddr: bytes, dport: int) -> int:
     """A 32-bit hash of the 4-tuple. The kernel uses ``inet_ehashfn`` (jhash) with a secret
-    drawn at boot, so its spread differs per boot; demux uses CRC-32 of the addresses
-    started from the ports and ``seed``, so a run is reproducible, one flow always maps to
-    one member, and it costs one C call on the hot path."""
-    return zlib.crc32(saddr + daddr, ((sport << 16) | dport) ^ (seed & 0xFFFFFFFF))
+    drawn at boot, so its spread differs per boot; demux uses CRC-32 (the local end's,
+    then the peer's address, with the ports and ``seed`` mixed in), so a run is
+    reproducible, one flow always maps to one member, and it costs one C call a flow."""
+    return zlib.crc32(saddr, flow_hash_base(seed, daddr, dport) ^ sport)
 
 
 def reciprocal_scale(value: int, n: int) -> int:

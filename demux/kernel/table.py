@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import random
 import zlib
+from zlib import crc32 as _crc32
 
 from demux.kernel import bind as bindrules
 from demux.kernel import lookup as lk
@@ -134,6 +135,15 @@ class Verdict:
         self.copies = copies          # [(ProcState, fd)] for a datagram delivered to several sockets
 
 
+class _Match:
+    """What the listener lookup finds for one local end (address, port, arrival device),
+    kept until the table changes: the listener and its reason, or, for a SO_REUSEPORT
+    group, the members the flow hash chooses among, the part of the hash the local end
+    fixes, and each member's reason."""
+
+    __slots__ = ("sock", "reason", "members", "n", "base", "reasons")
+
+
 class Lookup:
     """The answer of ``Kernel.lookup``: receiving sockets, the reply, the steps."""
 
@@ -190,7 +200,8 @@ class Kernel:
         self.icmp_ratelimited = 0                                # IcmpOutRateLimitHost
         self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
         self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
-        self._lcache: dict[tuple, tuple] = {}                    # listener/UDP match per local end
+        self._lcache: dict[tuple, tuple] = {}                    # UDP match per local end
+        self._tcp_matches: dict[tuple, _Match] = {}              # listener match per local end
         self.generation = 0                                      # bumped by every table change
         self.timers: list = []                                   # heap of (expiry, serial, conn)
         self._udp_connected_ports: set[int] = set()
@@ -617,21 +628,40 @@ class Kernel:
 
     # TCP ------------------------------------------------------------------------------
 
-    def _listener(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
-        family = 4 if len(local) == 4 else 6
+    def _listener(self, ifname, local: bytes, lport: int, remote: bytes, rport: int,
+                  steps: list | None = None) -> tuple[Sock | None, str | None]:
+        """``__inet_lookup_listener`` for a segment from remote:rport to local:lport:
+        (listener or None, the reason a verdict gives). Everything before the flow hash
+        depends on the local end only, so that is kept per local end until the table
+        changes; a flow then costs one dict lookup (and one CRC in a SO_REUSEPORT group)."""
         if steps is not None:
-            return lk.tcp_listener(self.listeners.get(lport, ()), family, remote, rport, local, lport,
-                                   p.ifname, self.seed, steps)
-        # The match depends on the local end only: cache it until the table changes.
-        key = ("tcp", local, lport, p.ifname)
-        hit = self._lcache.get(key)
-        if hit is None:
-            hit = self._lcache[key] = lk.tcp_listener(self.listeners.get(lport, ()), family, b"", 0, local,
-                                                      lport, p.ifname, self.seed, None, pick=False)
-        sk, exact = hit
+            l, exact = lk.tcp_listener(self.listeners.get(lport, ()), 4 if len(local) == 4 else 6, remote,
+                                       rport, local, lport, ifname, self.seed, steps)
+            return l, (self._listener_reason(l, exact, local, lport) if l is not None else None)
+        m = self._tcp_matches.get((local, lport, ifname))
+        if m is None:
+            m = self._tcp_match(local, lport, ifname)
+        if m.members is None:
+            return m.sock, m.reason
+        # reuseport_select_sock_by_hash: reciprocal_scale(flow hash, group size).
+        i = (_crc32(remote, m.base ^ rport) * m.n) >> 32
+        return m.members[i], m.reasons[i]
+
+    def _tcp_match(self, local: bytes, lport: int, ifname) -> _Match:
+        sk, exact = lk.tcp_listener(self.listeners.get(lport, ()), 4 if len(local) == 4 else 6, b"", 0,
+                                    local, lport, ifname, self.seed, None, pick=False)
+        m = _Match()
+        m.sock = m.reason = m.members = m.reasons = None
+        m.n = m.base = 0
         if sk is not None and sk.group is not None:
-            sk = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
-        return sk, exact
+            m.members = tuple(sk.group.socks)
+            m.n = len(m.members)
+            m.base = lk.flow_hash_base(self.seed, local, lport)
+            m.reasons = tuple(self._listener_reason(member, exact, local, lport) for member in m.members)
+        elif sk is not None:
+            m.sock, m.reason = sk, self._listener_reason(sk, exact, local, lport)
+        self._tcp_matches[(local, lport, ifname)] = m
+        return m
 
     def _udp_lookup(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
         chain = self.udp.get(lport, ())
@@ -654,6 +684,7 @@ class Kernel:
         ``generation`` moves on (the batch engine watches it)."""
         self.generation += 1
         self._lcache.clear()
+        self._tcp_matches.clear()
         self._udp_connected_ports = {sk.port for chain in self.udp.values() for sk in chain
                                      if sk.raddr is not None}
 
@@ -745,11 +776,12 @@ class Kernel:
         elif steps is not None:
             steps.append("established hash: no entry for this 4-tuple")
         if flags & SYN and not flags & (ACK | RST):
-            l, exact = self._listener(p, p.dst, p.dport, p.src, p.sport, steps)
+            l, reason = self._listener(p.ifname, p.dst, p.dport, p.src, p.sport, steps)
             if l is None:
                 return Verdict("reject", prefix + f"no socket listens on tcp {endpoint(p.dst, p.dport)}: "
                                "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
-            reason = prefix + self._listener_reason(l, exact, p.dst, p.dport)
+            if prefix:
+                reason = prefix + reason
             # tcp_conn_request: a full accept queue drops the SYN (LISTEN_OVERFLOWS).
             if l.queued > l.backlog:
                 return Verdict("drop", f"accept queue of {l.local()} full ({l.queued} waiting, backlog "
@@ -777,7 +809,7 @@ class Kernel:
             l.synq[key] = c.expire
             return Verdict("deliver", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
         if flags & RST:
-            l, _ = self._listener(p, p.dst, p.dport, p.src, p.sport, steps)
+            l, _ = self._listener(p.ifname, p.dst, p.dport, p.src, p.sport, steps)
             if l is not None:
                 return Verdict("drop", f"RST without a connection: listener {l.local()} ignores it",
                                l.proc, l.fd, l.describe(), ts.LISTEN)
@@ -842,11 +874,11 @@ class Kernel:
                      f"connection of {sk.owner()} (assumed established: its handshake is not in the capture)",
                      sock=sk)
         else:
-            l, exact = self._listener(p, local, lport, remote, rport, steps)
+            l, reason = self._listener(p.ifname, local, lport, remote, rport, steps)
             if l is not None:
                 c = Conn(key, p.family, ts.ESTAB, l.proc, None,
-                         "assumed established (handshake before the capture); accepted from "
-                         + self._listener_reason(l, exact, local, lport), listener=l)
+                         "assumed established (handshake before the capture); accepted from " + reason,
+                         listener=l)
                 self._accept(c, l)
             elif self.port_low <= lport <= self.port_high and not self.owners.get(("tcp", lport)):
                 c = Conn(key, p.family, ts.ESTAB, None, None,
@@ -974,10 +1006,9 @@ class Kernel:
             c.fin_out = None
             return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), ts.SYN_SENT)
         if flags & SYN and flags & ACK:
-            l, exact = self._listener(p, p.src, p.sport, p.dst, p.dport, steps)
+            l, reason = self._listener(p.ifname, p.src, p.sport, p.dst, p.dport, steps)
             if l is not None:
-                reason = ("SYN-ACK of a request socket whose SYN is not in the capture; "
-                          + self._listener_reason(l, exact, p.src, p.sport))
+                reason = "SYN-ACK of a request socket whose SYN is not in the capture; " + reason
                 c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
                 c.expire = now + ts.SYN_RECV_SECONDS
                 c.rcv_nxt = p.ack
