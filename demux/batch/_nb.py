@@ -31,12 +31,14 @@ NCOL = 25
 SLOW, FAST = 0, 1
 
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
-# Six words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
-# its generation stamp, the shadowed rcv_nxt and timestamp, shadowed?, moved since?
-F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6
-F_USED = 12
-F_KEY = 13            # 5 words: the flow's two endpoints and its protocol/interface word
-NFS = 18
+# Nine words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
+# its generation stamp, the shadowed rcv_nxt and timestamp, shadowed?, moved since?, and
+# which TCP segments the verdict is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns:
+# Kernel.steady's answer).
+F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+F_USED = 18
+F_KEY = 19            # 5 words: the flow's two endpoints and its protocol/interface word
+NFS = 24
 STAMP_FOREVER = -2
 
 # -- scalars sc[] -----------------------------------------------------------------------
@@ -414,8 +416,9 @@ def run(C, fst, vc, sc, start, k):
         if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
             return i
         if proto == 6:
-            fl = C[i, FLAGS]
-            if fl & 0x07:           # SYN, FIN or RST: the state machine moves
+            b = F_DSTRIDE * d
+            # Not a segment the cached verdict is for, or past the entry's timer.
+            if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
                 return i
             if fst[s, F_SHADOW + F_DSTRIDE * d]:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.

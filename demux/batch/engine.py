@@ -16,14 +16,16 @@ in; within a phase, packet after packet of a flow gets the same verdict. So:
 What may be cached (the rules this engine adds; the differential tests in
 tests/test_batch.py hold them to the reference, packet for packet):
 
-- TCP, a segment without SYN, FIN or RST, of a connection the established hash holds
-  in ESTAB or CLOSE-WAIT with no FIN of ours outstanding (``fin_out``) and no expiry
-  timer: ``Kernel._conn_in``/``_conn_out`` leave the state as it is and answer
-  ``deliver``/``outbound`` with the connection's own reason, owner and description;
-  the only thing such a segment changes is ``rcv_nxt`` and the newest timestamp (read
-  later by ``tcp_timewait_state_process``), which the loop keeps per flow and writes
-  back into the ``Conn`` before the flow's next packet reaches the kernel. A loopback
-  segment is both sent and received: both connections must qualify.
+- TCP: the segments ``Kernel.steady`` names for the connection the established hash
+  holds for the flow (in the kernel, beside the paths it summarises): plain segments on
+  ESTAB/CLOSE-WAIT with no FIN of ours outstanding, a request socket's SYN-ACK out and
+  retransmitted SYN in, plain segments on TIME-WAIT; each before the entry's timer (a
+  margin before it: the kernel decides those with its own float arithmetic). Their
+  verdict is ``Kernel.steady_verdict``. The only thing such a segment changes is
+  ``rcv_nxt`` and the newest timestamp of an open connection (read later by
+  ``tcp_timewait_state_process``), which the loop keeps per flow and writes back into
+  the ``Conn`` before the flow's next packet reaches the kernel. A loopback segment is
+  both sent and received: both connections must be steady for it.
 - UDP: the verdict of the flow's previous datagram in the same direction, if it was
   ``deliver``/``outbound`` and the socket table did not change while it was decided
   (a UDP lookup is a function of the table and the packet's addresses, ports, interface
@@ -68,12 +70,11 @@ from demux.batch import _nb
 from demux.capture import MAX_RECORD, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record
 from demux.kernel import Verdict
-from demux.kernel import tcp_states as ts
 from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
 from demux.wire import flag_string, parse
 
-_CACHEABLE = (ts.ESTAB, ts.CLOSE_WAIT)
+_INF = float("inf")
 _INT64_MAX = (1 << 63) - 1
 # Packets this close before a scenario event's time go to the kernel, which decides
 # with exact float arithmetic whether the event is due.
@@ -255,14 +256,13 @@ class BatchEngine:
         return vid if vid is not None else self._register(key, direction, v)
 
     def _vid_conn(self, direction: str, c) -> int:
-        """The id of the verdict a plain segment of connection ``c`` gets: deliver (in)
-        or outbound (out) with the connection's reason, owner and description."""
+        """The id of the verdict ``Kernel.steady_verdict`` gives connection ``c``'s steady
+        segments (interned on what that verdict is made of)."""
         key = (direction, c, c.state, c.fd, c.reason)
         vid = self.vids.get(key)
         if vid is not None:
             return vid
-        v = Verdict("deliver" if direction == "in" else "outbound", c.reason, c.proc, c.fd, c.describe(), c.state)
-        return self._register(key, direction, v)
+        return self._register(key, direction, self.k.steady_verdict(c, direction))
 
     def _register(self, key, direction: str, v: Verdict) -> int:
         if self.free:
@@ -364,10 +364,6 @@ class BatchEngine:
         for s in list(self.shadowed):
             self._sync(s)
 
-    @staticmethod
-    def _conn_ok(c) -> bool:
-        return c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
-
     def _template(self, s: int, d: int, proto: int, src, sport, dst, dport) -> None:
         ftm = self.ftm
         if self.out is None or ftm[4 * s + 2 * d + 1]:
@@ -394,50 +390,66 @@ class BatchEngine:
             info = self.finfo[s] = (both[0], both[1])
         return info
 
+    def _steady(self, c, direction: str, kind: str, key_out):
+        """``Kernel.steady`` for connection ``c``; a loopback segment is the sender's
+        output as well: both ends must be steady for the same segments."""
+        steady = self.k.steady
+        q = steady(c, direction)
+        if q is None or kind != "loop":
+            return q
+        co = self.k.est.get(key_out)
+        qo = steady(co, "out") if co is not None else None
+        if qo is None or qo[0] != q[0] or qo[1] != q[1]:
+            return None
+        return q[0], q[1], min(q[2], qo[2]), q[3]
+
     def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
         fm = self.fm
         row = s * _nb.NFS
         if p.proto == 6:
             est = self.k.est
+            steady = self.k.steady
             conns = None
             stamp = self.scm[_nb.S_GEN_TCP]
             vids = self.vids
             info = self.finfo.get(s) or self._flow_info(s, d, p)
             for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(info):
-                vid, st, shadow = -1, stamp, None
-                # _conn_ok and _vid_conn's lookup, inline: this runs for every packet
-                # that reaches the kernel.
-                if kind == "in" or kind == "loop":
-                    c = est.get(key_in)
-                    if (c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE
-                            and (kind == "in" or self._conn_ok(est.get(key_out)))):
-                        vid = vids.get(("in", c, c.state, c.fd, c.reason))
-                        if vid is None:
-                            vid = self._vid_conn("in", c)
-                        shadow = c
-                elif kind == "out":
-                    c = est.get(key_out)
-                    if c is not None and not c.expire and c.fin_out is None and c.state in _CACHEABLE:
-                        vid = vids.get(("out", c, c.state, c.fd, c.reason))
-                        if vid is None:
-                            vid = self._vid_conn("out", c)
-                else:
+                b = row + _nb.F_DSTRIDE * dd
+                vid, st, q = -1, stamp, None
+                if kind == "transit":
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
+                    fm[b + _nb.F_MASK] = fm[b + _nb.F_VAL] = 0
+                    fm[b + _nb.F_UNTIL] = _INT64_MAX
                     st = _nb.STAMP_FOREVER
+                else:
+                    direction = "out" if kind == "out" else "in"
+                    c = est.get(key_out if kind == "out" else key_in)
+                    if c is not None:
+                        q = steady(c, direction) if kind != "loop" else self._steady(c, direction, kind, key_out)
+                    if q is not None:
+                        vid = vids.get((direction, c, c.state, c.fd, c.reason))
+                        if vid is None:
+                            vid = self._vid_conn(direction, c)
+                        mask, val, until, moves = q
+                        fm[b + _nb.F_MASK] = mask
+                        fm[b + _nb.F_VAL] = val
+                        # Packets this close to the timer go to the kernel, which decides
+                        # with exact float arithmetic whether the entry is gone.
+                        fm[b + _nb.F_UNTIL] = (_INT64_MAX if until == _INF else
+                                               int(until * 1e9) - _EVENT_MARGIN_NS)
+                        if moves:
+                            if conns is None:
+                                conns = [None, None]
+                            conns[dd] = c
+                            # rcv_nxt, timestamp, shadowed, not moved yet
+                            fm[b + _nb.F_RCV] = c.rcv_nxt
+                            fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
+                            fm[b + _nb.F_SHADOW] = 1
+                            fm[b + _nb.F_DIRTY] = 0
                 if vid >= 0 and self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)
-                b = row + _nb.F_DSTRIDE * dd
                 fm[b + _nb.F_VID] = vid
                 fm[b + _nb.F_STAMP] = st
-                if shadow is not None:
-                    if conns is None:
-                        conns = [None, None]
-                    conns[dd] = shadow
-                    # rcv_nxt, timestamp, shadowed, not moved yet
-                    fm[b + _nb.F_RCV] = shadow.rcv_nxt
-                    fm[b + _nb.F_TSV] = -1 if shadow.tsval is None else shadow.tsval
-                    fm[b + _nb.F_SHADOW] = 1
-                    fm[b + _nb.F_DIRTY] = 0
             if conns is not None:
                 self.shadowed[s] = conns
             return

@@ -27,6 +27,7 @@ from demux.scenario import ProcessSpec, Scenario, SocketSpec
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
 _SYN_FIN_RST = SYN | FIN | RST
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
+_INF = float("inf")
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
 
 
@@ -734,6 +735,56 @@ class Kernel:
             return None
         return c
 
+    @staticmethod
+    def steady(c: Conn, direction: str) -> tuple[int, int, float, bool] | None:
+        """Which segments of connection ``c`` travelling ``direction`` ("in"/"out") change
+        nothing in any table, so a faster engine may give them ``steady_verdict``
+        without asking again: those whose flags byte ``& mask == value``, arriving before
+        ``until`` (absolute seconds; a timer ends the entry then). The last item says
+        whether they move ``rcv_nxt`` and the newest timestamp, the only thing such a
+        segment updates (kept for TIME-WAIT's reopening test). None: any segment may
+        change something. The paths this summarises, which use ``steady_verdict`` too:
+
+        - a plain segment (no SYN, FIN, RST) on ESTAB or CLOSE-WAIT with no FIN of ours
+          outstanding: ``_tcp_in``/``_tcp_out``'s straight path;
+        - a request socket (SYN-RECV): a retransmitted SYN in is answered again
+          (``_conn_in``), and a SYN-ACK out is its answer (``_conn_out``);
+        - TIME-WAIT: a plain segment in is answered with an ACK and dropped, one out is
+          the TIME-WAIT socket's (``tcp_timewait_state_process``)."""
+        st = c.state
+        if st in _QUIET:
+            if c.expire or c.fin_out is not None:
+                return None
+            return _SYN_FIN_RST, 0, _INF, direction == "in"
+        if not c.expire:
+            return None
+        if st == ts.SYN_RECV:
+            return (SYN, SYN, c.expire, False) if direction == "out" else (SYN | ACK | RST, SYN, c.expire, False)
+        if st == ts.TIME_WAIT:
+            return _SYN_FIN_RST, 0, c.expire, False
+        return None
+
+    @staticmethod
+    def steady_verdict(c: Conn, direction: str) -> Verdict:
+        """The verdict of the segments ``steady`` names."""
+        st = c.state
+        if st == ts.SYN_RECV:
+            l = c.listener
+            sock = l.describe() if l else c.describe()
+            if direction == "out":
+                return Verdict("outbound", "SYN-ACK from the request socket; " + c.reason, c.proc, c.fd, sock,
+                               ts.SYN_RECV)
+            return Verdict("deliver", "retransmitted SYN: the pending request socket answers again; "
+                           + c.reason, c.proc, c.fd, sock, ts.SYN_RECV)
+        if st == ts.TIME_WAIT:
+            if direction == "out":
+                return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
+                               socket=c.describe(), state=ts.TIME_WAIT)
+            return Verdict("drop", f"segment for TIME-WAIT {c.describe()[4:]}: answered with an ACK "
+                                   "and dropped (tcp_timewait_state_process)",
+                           socket=c.describe(), state=ts.TIME_WAIT)
+        return Verdict("deliver" if direction == "in" else "outbound", c.reason, c.proc, c.fd, c.describe(), st)
+
     def _tcp_in(self, p, now, steps) -> Verdict:
         key = (p.dst, p.dport, p.src, p.sport)
         flags = p.flags
@@ -747,7 +798,7 @@ class Kernel:
                 c.rcv_nxt = end
             if p.tsval is not None:
                 c.tsval = p.tsval
-            return Verdict("deliver", c.reason, c.proc, c.fd, c.describe(), c.state)
+            return self.steady_verdict(c, "in")
         c = self._established(key, now, steps)
         prefix = ""
         if c is not None:
@@ -770,9 +821,7 @@ class Kernel:
                 return Verdict("drop", "RST ends the TIME-WAIT socket (net.ipv4.tcp_rfc1337=0)",
                                socket=c.describe(), state=ts.CLOSE)
             else:
-                return Verdict("drop", f"segment for TIME-WAIT {c.describe()[4:]}: answered with an ACK "
-                                       "and dropped (tcp_timewait_state_process)",
-                               socket=c.describe(), state=ts.TIME_WAIT)
+                return self.steady_verdict(c, "in")
         elif steps is not None:
             steps.append("established hash: no entry for this 4-tuple")
         if flags & SYN and not flags & (ACK | RST):
@@ -922,8 +971,7 @@ class Kernel:
         if c.state == ts.SYN_RECV:
             l = c.listener
             if ev == ts.SYN:
-                return Verdict("deliver", "retransmitted SYN: the pending request socket answers again; "
-                               + c.reason, c.proc, c.fd, l.describe() if l else c.describe(), ts.SYN_RECV)
+                return self.steady_verdict(c, "in")
             if ev == ts.RST:
                 self._drop_conn(c)
                 return Verdict("deliver", "RST aborts the half-open connection", c.proc, c.fd,
@@ -982,15 +1030,14 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
                 and c.state in _QUIET):
-            return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state)
+            return self.steady_verdict(c, "out")
         c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
             if flags & SYN and not flags & ACK:
                 self._drop_conn(c)      # connect() reusing a TIME-WAIT 4-tuple
                 c = None
             else:
-                return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
-                               socket=c.describe(), state=ts.TIME_WAIT)
+                return self.steady_verdict(c, "out")
         if c is not None:
             return self._conn_out(c, p, now, steps)
         if flags & RST:
@@ -1020,9 +1067,7 @@ class Kernel:
     def _conn_out(self, c: Conn, p, now, steps) -> Verdict:
         flags = p.flags
         if c.state == ts.SYN_RECV and flags & SYN:
-            l = c.listener
-            return Verdict("outbound", "SYN-ACK from the request socket; " + c.reason, c.proc, c.fd,
-                           l.describe() if l else c.describe(), ts.SYN_RECV)
+            return self.steady_verdict(c, "out")
         ev = self._event(flags, 0, c)
         if flags & FIN and c.fin_out is None:
             c.fin_out = (p.seq + p.payload_len + 1) & 0xFFFFFFFF
