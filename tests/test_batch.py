@@ -57,10 +57,13 @@ def test_pcaps(path, workers):
     assert _same(path, sc, workers) > 0
 
 
-@pytest.mark.parametrize("path", PCAPS[:3], ids=os.path.basename)
-def test_pcaps_tiny_buffers(path):
+@pytest.mark.parametrize("path", PCAPS[:3] + [p for p in PCAPS if p.endswith(".pcapng")], ids=os.path.basename)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pcaps_tiny_buffers(path, workers):
+    # With two workers the walk runs ahead on its own thread with pooled buffers: a
+    # 97-byte read moves the unread tail to the next buffer at almost every record.
     sc = load_or_infer(path, path.rsplit(".", 1)[0] + ".toml")
-    _same(path, sc, 1, chunk=3, read_size=97, flow_capacity=8)
+    _same(path, sc, workers, chunk=3, read_size=97, flow_capacity=8)
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +94,27 @@ def test_truncated(synth_capture, tmp_path):
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(data[:len(data) // 2 + 7])
     _same(str(cut), sc, 1, read_size=4096)
+    _same(str(cut), sc, 2, read_size=4096)
     # A record that lies about its length.
     bad = bytearray(data[:200_000])
     struct.pack_into("<I", bad, 24 + 8, 300_000)
     (tmp_path / "bad.pcap").write_bytes(bytes(bad))
     _same(str(tmp_path / "bad.pcap"), sc, 1)
+    _same(str(tmp_path / "bad.pcap"), sc, 2)
+
+
+def test_workers_stop_when_the_output_fails(synth_capture):
+    # The walk's thread must not outlive a replay that ends early (a closed pipe).
+    import threading
+    path, sc = synth_capture
+
+    class Broken(io.RawIOBase):
+        def write(self, b):
+            raise BrokenPipeError(32, "Broken pipe")
+    before = threading.active_count()
+    with pytest.raises(BrokenPipeError):
+        replay_batch(path, sc, 0, 2, Broken(), chunk=256)
+    assert threading.active_count() == before
 
 
 @pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (wireshark) not installed")
@@ -105,6 +124,7 @@ def test_pcapng_copy(synth_capture, tmp_path):
     subprocess.run(["editcap", "-F", "pcapng", "-r", path, ng, "1-5000"], check=True, capture_output=True)
     _same(ng, sc, 1)
     _same(ng, sc, 1, read_size=1000, chunk=64)
+    _same(ng, sc, 2, read_size=1000, chunk=64)
 
 
 # ---- hypothesis traffic ----------------------------------------------------------------

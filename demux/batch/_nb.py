@@ -84,7 +84,7 @@ def _u64be(b, i):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
     """Frames from ``buf[pos:end]`` into ``C`` until the buffer, ``kmax`` or a block the
     Python side must read. Returns (pos, frames written, code, last_ns)."""
@@ -203,7 +203,7 @@ def _tcp_tsval(b, i, end):
     return ts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def parse(buf, C, k):
     """Fill the packet columns of frames 0..k; KIND says whether the fast fields hold."""
     for i in range(k):
@@ -389,7 +389,7 @@ def _flow(C, i, fst, sc):
         s = (s + 1) & mask
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run(C, fst, vc, sc, start, k):
     """Packets start..k that copy their flow's cached verdict; stops at the first that
     needs the kernel and returns its index (k when none does). The flow and direction

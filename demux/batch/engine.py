@@ -79,7 +79,7 @@ _INT64_MAX = (1 << 63) - 1
 # Packets this close before a scenario event's time go to the kernel, which decides
 # with exact float arithmetic whether the event is due.
 _EVENT_MARGIN_NS = 1_000_000
-_READ = 16 << 20
+_READ = 2 << 20     # with 8192-frame chunks: a chunk's columns and bytes stay in the CPU caches
 
 
 def _encoder():
@@ -160,7 +160,7 @@ class _Arena:
 class BatchEngine:
     """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
 
-    def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 17, chunk: int = 1 << 16,
+    def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 17, chunk: int = 1 << 13,
                  jsonl_out=None, workers: int = 1, read_size: int = _READ, gc_floor: int = 1 << 15):
         self.scenario = scenario
         self.eng = Engine(scenario, seed)
@@ -560,7 +560,6 @@ class BatchEngine:
             # A quarter full: start afresh (flows still alive come back through the
             # kernel once). Past half full within a chunk, new flows go to the kernel.
             self._clear_flows()
-        _nb.parse(buf, C, k)
         if self.bufm is None or self.bufm.obj is not buf:
             self.bufm = memoryview(buf)
         if self.out is not None:
@@ -662,70 +661,122 @@ class BatchEngine:
         return self._finish_summary(), warning
 
     def _run(self, path, fmt, first_lt):
-        ifs = np.zeros((64, 7), np.int64)
-        nifs = 0
-        rd = self.read_size
-        # Room for one read plus a partial record or block of the largest size allowed.
-        buf = np.empty(rd + max(MAX_RECORD, 16 << 20) + 64, np.uint8)
         f = open(path, "rb", buffering=0)
         try:
-            end = f.readinto(memoryview(buf)[:rd])
-            eof = end < rd
-            pos = 0
-            le = True
-            n = 0
-            last_ns = 0
-            if fmt == "pcap":
-                le_magic, nanos = _PCAP_MAGICS[bytes(buf[:4])]
-                le = le_magic == "<"
-                snaplen = int.from_bytes(bytes(buf[16:20]), "little" if le else "big")
-                ifs[0] = (first_lt, 1 if nanos else 1000, 1, 0,
-                          snaplen if 0 < snaplen < MAX_RECORD else MAX_RECORD, 1, snaplen)
-                nifs = 1
-                self.ifnames = [None]
-                pos = 24
-                mode = 0
+            if self.workers == 1:
+                # One buffer and one column array: each chunk is replayed before the
+                # walk goes on (the generator is suspended meanwhile).
+                chunks = self._produce(f, fmt, first_lt, None)
             else:
-                mode = 1
-            C = self.C
-            while True:
-                pos, k, code, last_ns = _nb.walk(buf, pos, end, mode, le, ifs, nifs, C, self.K, n, last_ns, eof)
-                if k:
-                    self._chunk(buf, k)
-                    n += k
-                if code == _nb.W_FULL:
-                    continue
-                if code == _nb.W_BLOCK:
-                    res = self._block(buf, pos, end, eof, ifs, nifs)
-                    if res is None:
-                        code = _nb.W_MORE
-                    elif res == "damage":
-                        return self._reference_rest(path, n)
+                chunks = _Producer(self._produce, f, fmt, first_lt, self.K)
+            try:
+                for msg in chunks:
+                    kind = msg[0]
+                    if kind == "chunk":
+                        _, buf, C, k, names = msg
+                        if C is not self.C:
+                            self.C = C
+                            self.Cm = memoryview(C).cast("B").cast("q")
+                        self.ifnames = names
+                        self._chunk(buf, k)
+                        if self.workers > 1:
+                            chunks.give_back(C)
+                    elif kind == "free":
+                        chunks.give_back(msg[1])
+                    elif kind == "rest":
+                        return self._reference_rest(path, msg[1])
                     else:
-                        pos, nifs, le = res
-                        continue
-                if code == _nb.W_MORE:
-                    if eof:
-                        if pos < end:
-                            return self._reference_rest(path, n)
                         return None
-                    rest = end - pos
-                    buf[:rest] = buf[pos:end]
-                    got = f.readinto(memoryview(buf)[rest:rest + rd])
-                    eof = got < rd
-                    end = rest + got
-                    pos = 0
-                    if not got and not rest:
-                        return None
-                    continue
-                # damage, or something the walker leaves to the reference reader
-                return self._reference_rest(path, n)
+            finally:
+                if self.workers > 1:
+                    chunks.stop()
         finally:
             f.close()
 
-    def _block(self, buf, pos, end, eof, ifs, nifs):
+    def _produce(self, f, fmt, first_lt, pool):
+        """The capture as parsed chunks, in order: ("chunk", buffer, columns, frames,
+        interface names) messages; ("free", buffer) once no later chunk reads that
+        buffer; last ("end",) or ("rest", frames so far): the reference reader finishes
+        from there (damage part-way, or something the walker leaves to it).
+
+        Without ``pool`` one read buffer and ``self.C`` serve every chunk. With it (a
+        ``_Producer``, which runs this on its own thread: walk and parse release the
+        GIL), buffers and column arrays come from the pool and go back to it when the
+        replay is done with them; a buffer's unread tail moves to the next buffer."""
+        ifs = np.zeros((64, 7), np.int64)
+        nifs = 0
+        rd = self.read_size
+        size = rd + max(MAX_RECORD, 16 << 20) + 64   # one read plus a partial record or block
+        buf = pool.buffer(size) if pool is not None else np.empty(size, np.uint8)
+        names: list = []
+        n = 0
+        end = f.readinto(memoryview(buf)[:rd])
+        eof = end < rd
+        pos = 0
+        le = True
+        last_ns = 0
+        if fmt == "pcap":
+            le_magic, nanos = _PCAP_MAGICS[bytes(buf[:4])]
+            le = le_magic == "<"
+            snaplen = int.from_bytes(bytes(buf[16:20]), "little" if le else "big")
+            ifs[0] = (first_lt, 1 if nanos else 1000, 1, 0,
+                      snaplen if 0 < snaplen < MAX_RECORD else MAX_RECORD, 1, snaplen)
+            nifs = 1
+            names = [None]
+            pos = 24
+            mode = 0
+        else:
+            mode = 1
+        frozen = tuple(names)
+        while True:
+            C = pool.columns() if pool is not None else self.C
+            pos, k, code, last_ns = _nb.walk(buf, pos, end, mode, le, ifs, nifs, C, self.K, n, last_ns, eof)
+            if k:
+                _nb.parse(buf, C, k)
+                yield "chunk", buf, C, k, frozen
+                n += k
+            elif pool is not None:
+                pool.give_back(C)
+            if code == _nb.W_FULL:
+                continue
+            if code == _nb.W_BLOCK:
+                res = self._block(buf, pos, end, eof, ifs, nifs, names)
+                if res is None:
+                    code = _nb.W_MORE
+                elif res == "damage":
+                    yield "rest", n
+                    return
+                else:
+                    pos, nifs, le = res
+                    frozen = tuple(names)
+                    continue
+            if code == _nb.W_MORE:
+                if eof:
+                    yield ("rest", n) if pos < end else ("end",)
+                    return
+                rest = end - pos
+                if pool is not None:
+                    old, buf = buf, pool.buffer(size)
+                    buf[:rest] = old[pos:end]
+                    yield "free", old
+                else:
+                    buf[:rest] = buf[pos:end]
+                got = f.readinto(memoryview(buf)[rest:rest + rd])
+                eof = got < rd
+                end = rest + got
+                pos = 0
+                if not got and not rest:
+                    yield "end",
+                    return
+                continue
+            # damage, or something the walker leaves to the reference reader
+            yield "rest", n
+            return
+
+    def _block(self, buf, pos, end, eof, ifs, nifs, names):
         """A pcapng section header or interface description at ``pos``: (new pos,
-        interfaces, little-endian) or None to read more, "damage" to stop."""
+        interfaces, little-endian) or None to read more, "damage" to stop. ``names``
+        (the interfaces' names by id) follows."""
         if pos + 12 > end:
             return None if not eof else "damage"
         bom = bytes(buf[pos + 8:pos + 12])
@@ -750,7 +801,7 @@ class BatchEngine:
             if blen < 28:
                 return "damage"
             self._le = le
-            self.ifnames = []
+            names.clear()
             return pos + blen, 0, le
         if blen < 20:
             return "damage"
@@ -768,7 +819,7 @@ class BatchEngine:
         if nifs >= len(ifs):
             return "damage"
         ifs[nifs] = (linktype, mul, div, off_ns, limit, 1 if ok else 0, snap)
-        self.ifnames.append(ifname)
+        names.append(ifname)
         return pos + blen, nifs + 1, le
 
     _le = True
@@ -813,6 +864,76 @@ class BatchEngine:
         first = self.first_n
         summ.per_proc = dict(sorted(summ.per_proc.items(), key=lambda kv: first.get(kv[0], 0)))
         return summ
+
+
+class _Producer:
+    """Runs ``BatchEngine._produce`` on a second thread, a few chunks ahead of the replay
+    (the numba walk and parse release the GIL, so they run beside the kernel's Python).
+    Iterating gives its messages in order. Buffers and column arrays are pooled: the
+    replay gives each back when done with it (``give_back``), so the walk never writes
+    where a chunk still being replayed reads."""
+
+    def __init__(self, produce, f, fmt, first_lt, chunk: int, depth: int = 3):
+        import queue
+        self.chunk = chunk
+        self.msgs = queue.Queue()
+        self.free_bufs = queue.Queue()
+        self.free_cols = queue.Queue()
+        self.nbufs = self.ncols = 0
+        self.depth = depth
+        self.stopping = False
+        self.t = threading.Thread(target=self._loop, args=(produce, f, fmt, first_lt), daemon=True)
+        self.t.start()
+
+    def _take(self, q):
+        import queue
+        while not self.stopping:
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        raise _Stopped
+
+    def buffer(self, size: int):
+        if self.nbufs < self.depth:
+            self.nbufs += 1
+            return np.empty(size, np.uint8)
+        return self._take(self.free_bufs)
+
+    def columns(self):
+        if self.ncols < self.depth:
+            self.ncols += 1
+            return np.zeros((self.chunk, _nb.NCOL), np.int64)
+        return self._take(self.free_cols)
+
+    def give_back(self, a) -> None:
+        (self.free_cols if a.ndim == 2 else self.free_bufs).put(a)
+
+    def _loop(self, produce, f, fmt, first_lt) -> None:
+        try:
+            for msg in produce(f, fmt, first_lt, self):
+                self.msgs.put(msg)
+        except _Stopped:
+            return
+        except BaseException as e:      # raised again on the replay's thread
+            self.msgs.put(("error", e))
+
+    def __iter__(self):
+        while True:
+            msg = self.msgs.get()
+            if msg[0] == "error":
+                raise msg[1]
+            yield msg
+            if msg[0] in ("end", "rest"):
+                return
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.t.join()
+
+
+class _Stopped(Exception):
+    """The replay ended early: the producer thread leaves."""
 
 
 class _Writer:
