@@ -53,8 +53,9 @@ from the first frame not yet replayed, on the same kernel: same records, same wa
 Workers. The kernel's state is shared by all flows (each process's lowest free
 descriptor, accept-queue counts, ICMP rate limits, connect()'s port perturbation,
 client claims), so flows cannot be sharded over independent kernels without changing
-verdicts. One kernel decides; ``workers > 1`` formats jsonl on a second thread (the
-numba writer releases the GIL) while the next chunk is replayed. Output is identical.
+verdicts. One kernel decides; ``workers > 1`` moves the rest off its thread: the read,
+walk and parse run a few chunks ahead on a second thread (``_Producer``), and jsonl is
+formatted on a third (``_Writer``); the numba loops release the GIL. Output is identical.
 """
 
 from __future__ import annotations
