@@ -3,8 +3,10 @@
 Generates a synthetic capture (``demux.synth``; or uses ``--capture``) and times, on the
 same file in the same run: demux's reference engine, the batch engine (summary, and
 jsonl to /dev/null), demux's per-packet parser, a dpkt loop, a scapy loop (on a sample:
-it is slow) and ``tshark -T fields`` when installed. Prints packets per second, ratios
-against dpkt, and the machine. The peer loops live here so bench/ measures the same.
+it is slow) and ``tshark -T fields`` when installed; then, on a generated capture of long
+flows (few packets need the emulated kernel), the engines and dpkt again. Prints packets
+per second, ratios against dpkt in the same table, and the machine. The peer loops live
+here so bench/ measures the same.
 """
 
 from __future__ import annotations
@@ -156,7 +158,6 @@ def timed(fn, *a, **kw) -> tuple[int, float]:
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from demux import scenario as scen
     from demux import synth
@@ -178,6 +179,7 @@ def run(args) -> int:
         total = count_frames(path)
         # Compile the numba code outside the timings (cached on disk after the first run).
         replay_batch(path, scenario, jsonl=True) if total < 5000 else _warm(scenario)
+        two = (os.cpu_count() or 1) > 1
         rows = []
 
         def add(name, fn, *a, **kw):
@@ -189,8 +191,10 @@ def run(args) -> int:
             console.print(f"  {name}: {n} packets" + (f", {n / dt:,.0f}/s" if n else ""), style="dim")
 
         add("demux replay, batch engine, --summary", replay_batch, path, scenario)
+        if two:
+            add("  the same, --workers 2", replay_batch, path, scenario, False, 2)
         add("demux replay, batch engine, jsonl > /dev/null", replay_batch, path, scenario, True)
-        if (os.cpu_count() or 1) > 1:
+        if two:
             add("  the same, --workers 2", replay_batch, path, scenario, True, 2)
         add("demux replay, reference engine, --summary", replay_reference, path, scenario)
         add("demux batch parse (numba walk + headers)", ours_batch_parse, path)
@@ -198,22 +202,39 @@ def run(args) -> int:
         add("dpkt loop", peer_dpkt, path)
         add("scapy loop (first 5000 packets)", peer_scapy, path, 5000)
         add("tshark -T fields", peer_tshark, path)
-        base = next((r[2] for r in rows if r[0] == "dpkt loop"), None)
-        t = Table(title=f"{total:,} packets: {what}", show_edge=False)
-        for col, j in (("", "left"), ("packets", "right"), ("packets/s", "right"), ("× dpkt", "right")):
-            t.add_column(col, justify=j)
-        for name, n, rate in rows:
-            if n is None:
-                t.add_row(name, "-", "not installed", "-")
-            else:
-                t.add_row(name, f"{n:,}", f"{rate:,.0f}", f"{rate / base:.2f}" if base else "-")
-        console.print(t)
+        console.print(_table(rows, f"{total:,} packets: {what}"))
+        if not args.capture:
+            # The same engines where few packets need the emulated kernel: long flows.
+            long_path = os.path.join(tmp, "long.pcap")
+            synth.make(long_path, args.packets, seed=2, mean_data=2000.0)
+            rows = []
+            add("demux replay, batch engine, --summary", replay_batch, long_path, scenario)
+            if two:
+                add("  the same, --workers 2", replay_batch, long_path, scenario, False, 2)
+            add("demux replay, batch engine, jsonl > /dev/null", replay_batch, long_path, scenario, True)
+            add("demux replay, reference engine, --summary", replay_reference, long_path, scenario)
+            add("dpkt loop", peer_dpkt, long_path)
+            console.print(_table(rows, f"{count_frames(long_path):,} packets: synthetic, long flows"))
         m = machine()
         console.print(f"machine: {m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _table(rows, title):
+    from rich.table import Table
+    base = next((r[2] for r in rows if r[0] == "dpkt loop"), None)
+    t = Table(title=title, show_edge=False)
+    for col, j in (("", "left"), ("packets", "right"), ("packets/s", "right"), ("× dpkt", "right")):
+        t.add_column(col, justify=j)
+    for name, n, rate in rows:
+        if n is None:
+            t.add_row(name, "-", "not installed", "-")
+        else:
+            t.add_row(name, f"{n:,}", f"{rate:,.0f}", f"{rate / base:.2f}" if base else "-")
+    return t
 
 
 def _warm(scenario) -> None:
