@@ -350,7 +350,7 @@ def _mix(h, v):
     return h ^ ((h >> 29) & 0x7FFFFFFFF)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _flow(C, i, fst, sc):
     """(slot, direction of travel) of packet i's flow; inserts it if new; -1 when full."""
     a_hi, a_lo, b_hi, b_lo = C[i, SA_HI], C[i, SA_LO], C[i, DA_HI], C[i, DA_LO]
