@@ -7,23 +7,21 @@ the peer opens them one at a time and holds them open (the host child accepts an
 echoes) while tcpdump captures the host's eth0, so ``demux ss --capture`` can replay
 them. Then real ``ss`` runs inside the namespace and ``demux ss`` runs on the scenario
 rewritten with the children's real pids, fds and kernel-chosen ports, with the same
-flags: ``-tulnap``, ``-tlnp``, ``-ulnp`` and ``-tanp``.
+flags: ``-tulnap``, ``-tlnp``, ``-ulnp``, ``-tanp`` and, without ``-a`` or ``-l`` (ss's
+default state filter: no listeners or unconnected sockets), ``-tunp`` and ``-unp``
+(``-u`` alone asks for one state, so ss prints no State column).
 
 Rows are compared as multisets (ss prints in hash order, demux in creation order),
-column by column after splitting on whitespace: Netid (when printed), State, Local
+column by column after splitting on whitespace: Netid and State (when printed), Local
 Address:Port, Peer Address:Port and the ``users:((...))`` part. Recv-Q and Send-Q are
 ignored, as are column widths. A difference is reported as the real line next to the
 demux line of the same socket (matched by the process part, else by local port).
+tests/test_ss_filter.py compares the states of a connection's end (TIME-WAIT,
+SYN-RECV, CLOSE-WAIT) and the queues.
 
-Disagreements found (against bb75a21's demux/render/ss.py and Kernel.rows(); the
-scenarios stay here, failing, until they are fixed):
-
-- A dual-stack ``[::]`` socket (v6only off, or unset with bindv6only = 0), TCP or UDP:
-  ss prints ``*:443`` and peer ``*:*``; demux prints ``[::]:443`` and ``[::]:*``
-  (scenarios tcp-dual-stack, udp-bound, connections). A v6only ``[::]`` is ``[::]`` in both.
-- An IPv4 connection accepted by a dual-stack ``[::]`` listener: ss prints
-  ``[::ffff:10.9.0.1]:443  [::ffff:10.9.0.2]:39849`` (it is an AF_INET6 socket);
-  demux prints ``10.9.0.1:443 10.9.0.2:39849`` (scenario connections).
+Disagreements found against bb75a21 (since fixed): a dual-stack ``[::]`` socket is
+``*:443`` with peer ``*:*`` in ss (demux printed ``[::]``), and an IPv4 connection
+accepted by a dual-stack listener is v4-mapped (``[::ffff:10.9.0.1]:443``).
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ pytestmark = pytest.mark.netns
 
 HOST = ["10.9.0.1", "10.9.0.3", "fd9::1"]
 PEER4, PEER6 = "10.9.0.2", "fd9::2"
-FLAGS = ["-tulnap", "-tlnp", "-ulnp", "-tanp"]
+FLAGS = ["-tulnap", "-tlnp", "-ulnp", "-tanp", "-tunp", "-unp"]
 _H = ('[host]\naddresses = ["10.9.0.1", "10.9.0.3", "fd9::1"]\n'
       'interfaces = { eth0 = ["10.9.0.1", "10.9.0.3", "fd9::1"] }\n')
 
@@ -164,15 +162,17 @@ def _split_flags(flags: str) -> list[str]:
 
 def rows(text: str) -> list[tuple[tuple, str]]:
     """(compared columns, original line) for each row: Netid, State, Local, Peer, Process,
-    with Recv-Q and Send-Q dropped; Netid "" when ss does not print it."""
+    with Recv-Q and Send-Q dropped; Netid or State "" when ss does not print it."""
     lines = [l for l in text.splitlines() if l.strip()]
     if not lines:
         return []
-    netid = lines[0].split()[0] == "Netid"
+    head = lines[0].split()
     out = []
     for line in lines[1:]:
         cells = line.split()
-        if not netid:
+        if "State" not in head:
+            cells = [""] + cells
+        if "Netid" not in head:
             cells = [""] + cells
         netid_, state, _rq, _sq, local, peer, *rest = cells
         out.append(((netid_, state, local, peer, " ".join(rest)), line.strip()))
@@ -244,3 +244,7 @@ def test_compare_sees_each_column():
     assert compare(head + line, head) and compare(head, head + line)
     noid = "State  Recv-Q Send-Q Local Address:Port Peer Address:PortProcess\n"
     assert compare(noid + line.split(None, 1)[1], noid + line.split(None, 1)[1]) == []
+    # a table without a State column (ss -u) against one with it
+    nostate = "Recv-Q Send-Q Local Address:Port Peer Address:PortProcess\n"
+    assert compare(nostate + line.split(None, 2)[2], nostate + line.split(None, 2)[2]) == []
+    assert compare(nostate + line.split(None, 2)[2], noid + line.split(None, 1)[1])

@@ -2,12 +2,39 @@
 
 ``ss`` prints ``Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process``;
 Netid only when more than one protocol is shown. A listener's Recv-Q is its accept
-queue and Send-Q its backlog; ``users:(("name",pid=N,fd=M))`` with ``-p``.
+queue and Send-Q its backlog; ``users:(("name",pid=N,fd=M))`` with ``-p``. Which states
+are shown follows iproute2's state filter (``shown``).
 """
 
 from __future__ import annotations
 
+from demux.kernel import Conn
 from demux.kernel.sock import ANY6, unpack
+
+# iproute2 misc/ss.c: SS_CONN, the default state mask of the TCP table, is SS_ALL without
+# LISTEN, CLOSE (printed UNCONN), TIME-WAIT and SYN-RECV; the UDP table's default is
+# ESTABLISHED alone, the same thing for UDP's two states.
+_NOT_CONN = frozenset({"LISTEN", "UNCONN", "TIME-WAIT", "SYN-RECV"})
+
+
+def shown(proto: str, state: str, listening: bool, all_: bool) -> bool:
+    """Whether iproute2's ``ss`` prints a socket of ``proto`` in ``state``.
+
+    misc/ss.c keeps one state mask: ``-a`` sets SS_ALL, ``-l`` sets
+    ``(1 << SS_LISTEN) | (1 << SS_CLOSE)``, neither leaves each table's default
+    (SS_CONN). ss takes the last of ``-a``/``-l`` on its command line; argparse keeps
+    no order, so here ``-a`` wins, as in ``-tulnap``.
+
+    A TCP socket that is bound but neither listening nor connected is TCP_CLOSE, yet
+    the kernel dumps it only for the pseudo-state TCP_BOUND_INACTIVE
+    (inet_diag_dump_icsk's bhash2 walk), which ``-l`` does not ask for and ``-a`` does
+    from iproute2 6.10 on (SS_ALL grew SS_BOUND_INACTIVE; older ss never shows one).
+    """
+    if all_:
+        return True
+    if listening:
+        return state == "LISTEN" or state == "UNCONN" and proto == "udp"
+    return state not in _NOT_CONN
 
 
 def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto: str,
@@ -28,21 +55,25 @@ def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto
 
 
 def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, processes=False,
-         extended=False):
-    """Rows of ss's columns, as lists of strings, in ss's order (TCP before UDP)."""
+         extended=False, recvq=None):
+    """Rows of ss's columns, as lists of strings, in ss's order (TCP before UDP).
+
+    ``recvq`` maps a connection's 4-tuple to the bytes it has received; only a
+    connection still in an accept queue (which no process has read) shows them."""
     out = []
     for proto, state, laddr, lport, peer, proc, fd, obj in kernel.rows():
         if proto == "tcp" and not tcp or proto == "udp" and not udp:
             continue
-        is_listen = state in ("LISTEN", "UNCONN")
-        if not all_ and (is_listen != listening):
+        if not shown(proto, state, listening, all_):
             continue
         device = getattr(obj, "device", None) if hasattr(obj, "device") else None
         if hasattr(obj, "listener") and obj.listener is not None:
             device = obj.listener.device
-        recvq, sendq = 0, 0
+        rq, sq = 0, 0
         if state == "LISTEN":
-            recvq, sendq = obj.queued, obj.backlog
+            rq, sq = obj.queued, obj.backlog
+        elif recvq and isinstance(obj, Conn) and obj.queued:
+            rq = recvq.get(obj.key, 0)
         listener = getattr(obj, "listener", None)
         if listener is not None and listener.family == 6 and len(laddr) == 4:
             # An IPv4 connection accepted by an AF_INET6 socket is v4-mapped in ss.
@@ -58,7 +89,11 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
             host, _, port = peer.rpartition(":")
             from demux.services import service
             peer = f"{host}:{service(int(port), proto) or port}"
-        row = [proto, state, str(recvq), str(sendq), local, peer]
+        row = [proto, state, str(rq), str(sq), local, peer]
+        if state == "SYN-RECV":
+            # inet_req_diag_fill reports a request socket with inode 0 and uid 0: ss -p
+            # finds no process holding it and -e prints no uid.
+            proc = None
         extra = []
         if processes and proc is not None and fd is not None:
             extra.append(f'users:(("{proc.name}",pid={proc.pid},fd={fd}))')
@@ -71,14 +106,19 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
 
 
 def render(kernel, tcp=False, udp=False, listening=False, all_=False, numeric=False,
-           processes=False, extended=False) -> str:
+           processes=False, extended=False, recvq=None) -> str:
     if not tcp and not udp:
         tcp = udp = True
-    table = rows(kernel, tcp, udp, listening, all_, numeric, processes, extended)
+    table = rows(kernel, tcp, udp, listening, all_, numeric, processes, extended, recvq)
+    # misc/ss.c disables the Netid column when one table is shown, and the State column
+    # when the state mask has a single bit: only for -u alone, whose default is
+    # ESTABLISHED (-l has two bits, -a all, TCP's SS_CONN many).
     show_netid = tcp and udp
-    head = (["Netid"] if show_netid else []) + ["State", "Recv-Q", "Send-Q", "Local Address:Port",
-                                                "Peer Address:Port", "Process"]
-    body = [(r if show_netid else r[1:]) for r in table]
+    show_state = tcp or listening or all_
+    head = ((["Netid"] if show_netid else []) + (["State"] if show_state else [])
+            + ["Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "Process"])
+    body = [[c for i, c in enumerate(r) if (i != 0 or show_netid) and (i != 1 or show_state)]
+            for r in table]
     widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i])
               for i in range(len(head))]
     lines = []
