@@ -23,6 +23,7 @@ from demux.kernel import lookup as lk
 from demux.kernel import tcp_states as ts
 from demux.kernel.sock import ANY4, ANY6, Sock, endpoint, is_v4mapped, pack, rcv_saddr_equal, unpack
 from demux.scenario import ProcessSpec, Scenario, SocketSpec
+from demux.wire.packet import flag_string
 
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
 _SYN_FIN_RST = SYN | FIN | RST
@@ -829,6 +830,10 @@ class Kernel:
             if l is None:
                 return Verdict("reject", prefix + f"no socket listens on tcp {endpoint(p.dst, p.dport)}: "
                                "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+            if flags & FIN:
+                # tcp_rcv_state_process, TCP_LISTEN: "if (th->fin) goto discard".
+                return Verdict("drop", prefix + f"SYN with FIN for listener {l.local()}: discarded "
+                               "(tcp_rcv_state_process)", l.proc, l.fd, l.describe(), ts.LISTEN)
             if prefix:
                 reason = prefix + reason
             # tcp_conn_request: a full accept queue drops the SYN (LISTEN_OVERFLOWS).
@@ -874,6 +879,25 @@ class Kernel:
                      f"SYN cookie checked on the final ACK; listener {l.local()}", listener=l)
             self.est[key] = c
             return self._conn_in(c, p, now, steps)
+        if not flags & (ACK | SYN):
+            # Every segment after a handshake carries ACK, so this one (a null, FIN or
+            # Xmas probe) cannot be a connection that began before the capture: a
+            # listener discards it (tcp_rcv_state_process, TCP_LISTEN takes only SYN,
+            # ACK and RST); with no socket the kernel answers RST.
+            l, _ = self._listener(p.ifname, p.dst, p.dport, p.src, p.sport, steps)
+            what = f"segment without ACK ({flag_string(flags)})"
+            if l is not None:
+                return Verdict("drop", f"{what} for listener {l.local()}: discarded (tcp_rcv_state_process)",
+                               l.proc, l.fd, l.describe(), ts.LISTEN)
+            return Verdict("reject", f"{what} to tcp {endpoint(p.dst, p.dport)}, no connection and no "
+                           "listener: the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+        if flags & SYN:
+            # A SYN-ACK with no connection: the listener answers RST (TCP_LISTEN: "if
+            # (th->ack) return 1"), it does not start one.
+            l, _ = self._listener(p.ifname, p.dst, p.dport, p.src, p.sport, steps)
+            if l is not None:
+                return Verdict("reject", f"SYN-ACK for listener {l.local()} with no connection: the kernel "
+                               "answers RST (tcp_rcv_state_process)", reply="rst")
         # A segment of a connection whose start is not in the capture.
         return self._midstream(p, p.dst, p.dport, p.src, p.sport, now, "in", steps)
 
