@@ -9,6 +9,15 @@ draft: process id and thread id as two 32-bit integers, 0 meaning unknown).
 
 Timestamps are given as integer nanoseconds (``Frame.ts_ns``, exact) or float seconds.
 Both writers write little-endian files, buffered; ``-`` means standard output.
+
+What each format can hold: a pcap record has unsigned 32-bit seconds (1970 to 2106);
+a timestamp outside raises ``ValueError``. A pcapng packet has an unsigned 64-bit
+count of nanoseconds (1970 to 2554) from its interface's if_tsoffset (signed 64-bit
+seconds). Timestamps in that plain range are written with no offset; one outside it
+(a pcapng input may hold it: a negative if_tsoffset, coarse ticks, far-future dates)
+goes on a twin interface, same link type and name, whose if_tsoffset is the
+timestamp's second rounded down to a multiple of 2**34 s, so every instant whose
+second fits a signed 64-bit number is written exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +43,11 @@ _PIDTID = struct.Struct("<HHII")    # option code, length, pid, tid
 _SHB_TYPE, _IDB_TYPE, _EPB_TYPE = 0x0A0D0D0A, 1, 6
 _OPT_COMMENT, _OPT_IF_NAME, _OPT_IF_TSRESOL, _OPT_SHB_USERAPPL = 1, 2, 9, 4
 _OPT_EPB_FLAGS, _OPT_EPB_PIDTID = 2, 8
+_OPT_IF_TSOFFSET = 14
 _DIRECTION_FLAGS = {None: None, "in": 1, "out": 2}
+_U64 = 1 << 64
+# The if_tsoffset grid: 2**34 s of nanoseconds (1.7e19) fit in the 64-bit tick count.
+_GRID = 1 << 34
 
 
 def _to_ns(ts: int | float) -> int:
@@ -44,6 +57,13 @@ def _to_ns(ts: int | float) -> int:
     sec = int(ts // 1)
     # Split first: 1.7e9 s * 1e9 in one float would lose everything below ~256 ns.
     return sec * _NS + round((ts - sec) * _NS)
+
+
+def _seconds(ts: int | float) -> str:
+    """A timestamp for messages, in seconds since the epoch."""
+    ns = _to_ns(ts)
+    sec, frac = divmod(abs(ns), _NS)
+    return f"{'-' if ns < 0 else ''}{sec}.{frac:09d}"
 
 
 def _open_out(target) -> tuple[BinaryIO, bool]:
@@ -116,7 +136,8 @@ class PcapWriter(_Output):
             if frac == 1000000:
                 sec, frac = sec + 1, 0
         if not 0 <= sec <= 0xFFFFFFFF:
-            raise ValueError(f"timestamp {ts!r} does not fit a pcap record (1970..2106)")
+            raise ValueError(f"timestamp {_seconds(ts)} s is outside what a pcap record "
+                             f"holds (1970 to 2106)")
         if orig_len is None:
             orig_len = len(data)
         if len(data) > self.snaplen:
@@ -139,7 +160,7 @@ class PcapngWriter(_Output):
     def __init__(self, path_or_fileobj, snaplen: int = 262144, application: str | None = None):
         self.snaplen = snaplen
         self.count = 0
-        self._ifaces: dict[tuple[int, str | None], int] = {}
+        self._ifaces: dict[tuple[int, str | None, int], int] = {}
         self._f, self._own = _open_out(path_or_fileobj)
         self._write = self._f.write
         if application is None:
@@ -153,15 +174,19 @@ class PcapngWriter(_Output):
         blen = 12 + len(body)
         self._write(_BLK.pack(btype, blen) + body + _U32.pack(blen))
 
-    def interface(self, linktype: int, ifname: str | None = None) -> int:
-        """The interface id for (linktype, ifname), declaring it on first use."""
-        key = (linktype, ifname)
+    def interface(self, linktype: int, ifname: str | None = None, tsoffset: int = 0) -> int:
+        """The interface id for (linktype, ifname, if_tsoffset in seconds), declaring it
+        on first use."""
+        key = (linktype, ifname, tsoffset)
         ifid = self._ifaces.get(key)
         if ifid is None:
             opts = b""
             if ifname is not None:
                 opts += _option(_OPT_IF_NAME, ifname.encode("utf-8"))
-            opts += _option(_OPT_IF_TSRESOL, b"\x09") + _OPT.pack(0, 0)
+            opts += _option(_OPT_IF_TSRESOL, b"\x09")
+            if tsoffset:
+                opts += _option(_OPT_IF_TSOFFSET, struct.pack("<q", tsoffset))
+            opts += _OPT.pack(0, 0)
             self._block(_IDB_TYPE, struct.pack("<HHI", linktype, 0, self.snaplen) + opts)
             ifid = self._ifaces[key] = len(self._ifaces)
         return ifid
@@ -171,10 +196,15 @@ class PcapngWriter(_Output):
               pid: int | None = None, tid: int = 0, direction: str | None = None) -> None:
         """One EPB. ``comment`` becomes opt_comment; ``pid`` (and ``tid``, 0 = unknown)
         epb_processid_threadid; ``direction`` ``"in"``/``"out"`` the epb_flags direction bits."""
-        ifid = self.interface(linktype, ifname)
         ticks = _to_ns(ts)
-        if ticks < 0:
-            raise ValueError(f"timestamp {ts!r} is before 1970")
+        offset = 0
+        if not 0 <= ticks < _U64:
+            offset = ticks // _NS // _GRID * _GRID
+            if not -(1 << 63) <= offset < 1 << 63:
+                raise ValueError(f"timestamp {_seconds(ts)} s is outside what a pcapng "
+                                 f"interface can hold (a signed 64-bit count of seconds)")
+            ticks -= offset * _NS
+        ifid = self.interface(linktype, ifname, offset)
         if orig_len is None:
             orig_len = len(data)
         if len(data) > self.snaplen:
@@ -186,7 +216,9 @@ class PcapngWriter(_Output):
         flags = _DIRECTION_FLAGS[direction]
         if flags is not None:
             opts += _OPT.pack(_OPT_EPB_FLAGS, 4) + _U32.pack(flags)
-        if pid is not None:
+        # The option holds 32-bit ids; a scenario's pid beyond that (Linux never has one)
+        # is left to the comment rather than failing the whole file.
+        if pid is not None and 0 <= pid <= 0xFFFFFFFF and 0 <= tid <= 0xFFFFFFFF:
             opts += _PIDTID.pack(_OPT_EPB_PIDTID, 8, pid, tid)
         if opts:
             opts += _OPT.pack(0, 0)
