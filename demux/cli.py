@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``demux.commands.<name>`` with a ``run(args) -> int`` and is
 imported only when used, so ``demux --help`` starts fast and never loads scapy or numba.
-Bad input ends as one line on stderr and a non-zero status, never a traceback.
+Bad input ends as one line on stderr and a non-zero status, never a traceback; so
+does a bad command line (status 2, without argparse's usage dump).
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ import sys
 from demux.errors import DemuxError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``demux replay: error: ...``) and status 2,
+    like every other bad input; ``-h`` still prints the full help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    # Subcommand parsers are made by add_subparsers with the parent's class: _Parser too.
+    p = _Parser(
         prog="demux",
         description="Which process would have received this packet, and why: "
                     "Linux port demultiplexing, emulated.")
