@@ -151,3 +151,37 @@ def test_cli_starts_without_heavy_imports():
             "print(any(m.split('.')[0] in ('scapy', 'numba', 'numpy') for m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["replay", SCAN, "--format", "xml"], "demux replay: error: argument --format: invalid choice: 'xml'"),
+    (["explain", SCAN, "-n", "abc"], "demux explain: error: argument -n: invalid int value: 'abc'"),
+    (["explain", SCAN], "demux explain: error: the following arguments are required: -n"),
+    (["ss", "--at", "abc"], "demux ss: error: argument --at: invalid float value: 'abc'"),
+    (["replay"], "demux replay: error: the following arguments are required: capture"),
+    (["live", "--tun", "t0"], "demux live: error: the following arguments are required: -s/--scenario"),
+    (["nosuch"], "demux: error: argument COMMAND: invalid choice: 'nosuch'"),
+    ([], "demux: error: the following arguments are required: COMMAND"),
+])
+def test_usage_errors_are_one_line(args, needle):
+    r = demux(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(needle) and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_help_is_still_the_full_help():
+    r = demux("replay", "-h")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("usage: demux replay") and "--annotate OUT" in r.stdout
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "jsonl"])
+@pytest.mark.parametrize("capture", ["/nonexistent.pcap", SCAN_TOML, "empty"])
+def test_unreadable_capture_prints_nothing_on_stdout(tmp_path, fmt, capture):
+    if capture == "empty":
+        capture = str(tmp_path / "empty.pcap")
+        open(capture, "wb").close()
+    r = demux("replay", capture, "-s", SCAN_TOML, "--format", fmt, "--split", str(tmp_path / "d"))
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert len(r.stderr.splitlines()) == 1 and capture in r.stderr
+    assert not os.path.exists(tmp_path / "d")

@@ -10,6 +10,7 @@ import tempfile
 from demux.capture import open_capture
 from demux.engine import Engine, load_or_infer
 from demux.errors import DemuxError
+from demux.render.outputs import OutputSet
 from demux.render.summary import Summary
 
 
@@ -24,14 +25,36 @@ def _spool_stdin() -> str:
 
 def run(args) -> int:
     capture = args.capture
+    outputs = OutputSet()
+    # Outputs must not overwrite what the user gave: the capture (by any path, or the
+    # file standard input is redirected from) and the scenario.
+    if capture == "-":
+        outputs.protect(fd=0, what="the capture being read (standard input)")
+    else:
+        outputs.protect(capture, what="the capture being read")
+    if args.scenario:
+        outputs.protect(args.scenario, what="the scenario")
+    # Refused before the scenario is inferred or anything read; SplitSink checks the rest.
+    if args.annotate:
+        outputs.reserve(args.annotate, "--annotate")
+    if args.split:
+        outputs.reserve(os.path.join(args.split, "rejected.pcap"), "--split")
     spooled = None
     if capture == "-" and not args.scenario:
         capture = spooled = _spool_stdin()
     try:
-        return _run(args, capture)
+        with outputs:
+            return _run(args, capture, outputs)
     finally:
         if spooled:
             os.unlink(spooled)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so what is still buffered for it goes nowhere quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _progress(reader, capture):
@@ -52,7 +75,7 @@ def _progress(reader, capture):
     return prog, task
 
 
-def _run(args, capture) -> int:
+def _run(args, capture, outputs) -> int:
     scenario = load_or_infer(capture, args.scenario)
     engine = args.engine
     if engine != "reference":
@@ -64,44 +87,68 @@ def _run(args, capture) -> int:
             return _run_batch(args, capture, scenario, batch)
     if args.workers != 1:
         raise DemuxError("--workers needs the batch engine: a capture file with --format jsonl or --summary")
-    sinks = []
-    if not args.summary:
-        from demux.render import records
-        sinks.append({"jsonl": records.JsonlSink, "csv": records.CsvSink,
-                      "table": records.TableSink}[args.format]())
-    if args.split:
-        from demux.render.split import SplitSink
-        sinks.append(SplitSink(args.split))
-    if args.annotate:
-        from demux.render.split import AnnotateSink
-        sinks.append(AnnotateSink(args.annotate))
-    summary = Summary(scenario)
-    add = summary.add
-    writes = [s.write for s in sinks]
+    # The capture is opened (and its header checked) before any output: an unreadable
+    # capture is one line on stderr, not a table header and then the line.
     with open_capture(capture) as reader:
+        files = []
+        # Output files first: one that cannot be written is refused before stdout gets a line.
+        if args.split:
+            from demux.render.split import SplitSink
+            files.append(SplitSink(args.split, scenario.processes, outputs))
+        if args.annotate:
+            from demux.render.split import AnnotateSink
+            files.append(AnnotateSink(args.annotate, outputs))
+        shown = None
+        if not args.summary:
+            from demux.render import records
+            shown = {"jsonl": records.JsonlSink, "csv": records.CsvSink,
+                     "table": records.TableSink}[args.format]()
+        summary = Summary(scenario)
+        add = summary.add
+        writes = ([shown.write] if shown is not None else []) + [s.write for s in files]
         eng = Engine(scenario, args.seed)
         feed = eng.feed
+        frames = iter(reader)
         bar = None if args.no_progress else _progress(reader, capture)
         if bar is not None:
             bar[0].start()
         try:
-            for frame in reader:
-                rec = feed(frame)
-                add(rec)
-                for w in writes:
-                    w(rec)
-                if bar is not None and frame.n % 4096 == 0:
-                    bar[0].update(bar[1], completed=frame.offset)
+            while True:
+                try:
+                    for frame in frames:
+                        rec = feed(frame)
+                        add(rec)
+                        for w in writes:
+                            w(rec)
+                        if bar is not None and frame.n % 4096 == 0:
+                            bar[0].update(bar[1], completed=frame.offset)
+                    break
+                except BrokenPipeError:
+                    # The reader of stdout went away (`| head`, `| less` quit). The files
+                    # asked for still get the whole capture; without any, stop as Unix
+                    # tools do. Only the stdout sink (first in `writes`) can raise this,
+                    # so the record it failed on has not reached the files yet.
+                    if shown is None or not files or args.annotate == "-":
+                        raise
+                    _silence_stdout()
+                    shown = None
+                    writes = writes[1:]
+                    for w in writes:
+                        w(rec)
         finally:
             if bar is not None:
                 bar[0].stop()
-        for s in sinks:
+        for s in files:
             s.close(summary)
+        # The replay is complete (up to any damage, which the warning reports): the
+        # split and annotated captures replace their destinations only now.
+        outputs.commit()
+        if shown is not None:
+            shown.close(summary)
         for line in eng.finish():
             print(f"demux replay: note: {line}", file=sys.stderr)
-        if args.summary or args.format != "table":
-            if args.summary:
-                sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
+        if args.summary:
+            sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
         sys.stdout.flush()
         if reader.warning:
             print(f"demux replay: warning: {reader.warning}", file=sys.stderr)

@@ -1,4 +1,19 @@
-"""``--split DIR`` and ``--annotate OUT``: the capture's frames written back out by verdict."""
+"""``--split DIR`` and ``--annotate OUT``: the capture's frames written back out by verdict.
+
+``--split`` writes DIR/NAME-PID.pcap for every process of the scenario, whether or not
+anything reached it (an empty file says nothing did), and DIR/rejected.pcap. A process
+name is only the stem of a file name, never a path: each '/' and NUL becomes '_', a
+leading '.' becomes '_' (no hidden files, no '.' or '..'), an empty name is '_', and a
+name is cut to 200 bytes of UTF-8 so NAME-PID.pcap stays within the 255 bytes a Linux
+file name may have. So every file lands directly inside DIR. Two processes whose stems
+come out the same (same pid, names that differ only there) share the file.
+
+Every output goes through ``demux.render.outputs.OutputSet``: written beside its
+destination and renamed into place when the replay ends, never over an input.
+A frame a pcap cannot hold (a pcapng timestamp before 1970 or after 2106) ends the run
+with one line naming the file, and nothing is written; ``--annotate``'s pcapng holds
+every timestamp a capture can.
+"""
 
 from __future__ import annotations
 
@@ -8,50 +23,93 @@ from demux.capture import linktype_name
 from demux.errors import DemuxError
 from demux.pcapout import PcapngWriter, PcapWriter
 
+# Bytes of the name kept: with "-PID.pcap" (at most 16 more) and a sibling's link type
+# suffix the file name stays well under NAME_MAX (255).
+_NAME_BYTES = 200
+
+
+def file_stem(name: str, pid: int) -> str:
+    """``NAME-PID`` made safe as one file name inside DIR (rules in the module docstring)."""
+    # Cut first (a multi-byte character cut in two is dropped), then make it safe.
+    safe = name.encode("utf-8", "replace")[:_NAME_BYTES].decode("utf-8", "ignore")
+    safe = safe.replace("/", "_").replace("\0", "_")
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    return f"{safe or '_'}-{pid}"
+
 
 class SplitSink:
-    """DIR/NAME-PID.pcap per receiving process and DIR/rejected.pcap, each a plain pcap.
+    """DIR/NAME-PID.pcap per process of the scenario and DIR/rejected.pcap, each a plain pcap.
 
     A pcap holds one link type: a frame of another link type than its file's first
-    goes to a sibling file named after that link type, so nothing is lost."""
+    goes to a sibling file named after that link type, so nothing is lost. A file that
+    gets no frame is written empty, with the capture's first link type."""
 
-    def __init__(self, directory: str):
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as err:
-            raise DemuxError(f"{directory}: cannot create: {err.strerror}") from None
+    def __init__(self, directory: str, processes, outputs):
+        outputs.makedirs(directory)
         self.dir = directory
+        self.outputs = outputs
         self.writers: dict[tuple[str, int], PcapWriter] = {}
         self._first_lt: dict[str, int] = {}
-        self._open("rejected", None)
+        self._linktype: int | None = None      # the capture's first, for empty files
+        self._stems: dict[tuple[str, int], str] = {}
+        self._all = ["rejected"]
+        for p in processes:
+            stem = self._stems[(p.name, p.pid)] = file_stem(p.name, p.pid)
+            if stem not in self._all:
+                self._all.append(stem)
+        # Every file is checked now, before any packet: an output that is an input
+        # (DIR/rejected.pcap being the capture) is refused before work is done.
+        for stem in self._all:
+            outputs.reserve(self._path(stem), "--split")
 
-    def _open(self, stem: str, linktype: int | None) -> PcapWriter | None:
-        if linktype is None:
-            return None
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name + ".pcap")
+
+    def _open(self, stem: str, linktype: int) -> PcapWriter:
         first = self._first_lt.setdefault(stem, linktype)
         name = stem if linktype == first else f"{stem}.{linktype_name(linktype).split(' ')[0]}"
         w = self.writers.get((name, linktype))
         if w is None:
-            w = self.writers[(name, linktype)] = PcapWriter(os.path.join(self.dir, name + ".pcap"), linktype)
+            path = self._path(name)
+            w = self.writers[(name, linktype)] = PcapWriter(self.outputs.open(path, "--split"), linktype)
+            w.path = path
         return w
+
+    def _stem(self, proc) -> str:
+        stem = self._stems.get((proc.name, proc.pid))
+        if stem is None:
+            # A process the scenario did not name (none should reach here): still safe.
+            stem = self._stems[(proc.name, proc.pid)] = file_stem(proc.name, proc.pid)
+        return stem
 
     def write(self, rec) -> None:
         f = rec.frame
         if f is None:
             return
+        if self._linktype is None:
+            self._linktype = f.linktype
         v = rec.v
         if v.verdict == "deliver":
             targets = v.copies if v.copies else ((v.proc, v.fd),)
             for proc, _ in targets:
                 if proc is not None:
-                    self._open(f"{proc.name}-{proc.pid}", f.linktype).write(f.ts_ns, f.data, f.orig_len)
+                    self._put(self._open(self._stem(proc), f.linktype), f)
         elif v.verdict == "reject":
-            self._open("rejected", f.linktype).write(f.ts_ns, f.data, f.orig_len)
+            self._put(self._open("rejected", f.linktype), f)
+
+    @staticmethod
+    def _put(w: PcapWriter, f) -> None:
+        try:
+            w.write(f.ts_ns, f.data, f.orig_len)
+        except ValueError as err:
+            raise DemuxError(f"{w.path}: cannot write packet {f.n}: {err}") from None
 
     def close(self, summary=None) -> None:
-        if not any(stem == "rejected" for stem, _ in self.writers):
-            # An empty rejected.pcap still says "nothing was rejected" to the reader.
-            PcapWriter(os.path.join(self.dir, "rejected.pcap"), 1).close()
+        # Files that got nothing are written empty: "nothing reached this process".
+        for stem in self._all:
+            if stem not in self._first_lt:
+                self._open(stem, self._linktype if self._linktype is not None else 1)
         for w in self.writers.values():
             w.close()
 
@@ -70,18 +128,21 @@ def annotation(rec) -> str:
 
 
 class AnnotateSink:
-    def __init__(self, path: str):
-        try:
-            self.w = PcapngWriter(path)
-        except OSError as err:
-            raise DemuxError(f"{path}: cannot write: {err.strerror}") from None
+    """OUT: the whole capture as pcapng, a ``demux:`` comment on every packet."""
+
+    def __init__(self, path: str, outputs):
+        self.path = path
+        self.w = PcapngWriter(outputs.open(path, "--annotate"))
 
     def write(self, rec) -> None:
         if rec.frame is not None:
             v = rec.v
-            self.w.write_frame(rec.frame, comment=annotation(rec),
-                               pid=v.proc.pid if v.proc is not None else None,
-                               direction=rec.direction if rec.direction in ("in", "out") else None)
+            try:
+                self.w.write_frame(rec.frame, comment=annotation(rec),
+                                   pid=v.proc.pid if v.proc is not None else None,
+                                   direction=rec.direction if rec.direction in ("in", "out") else None)
+            except ValueError as err:
+                raise DemuxError(f"{self.path}: cannot write packet {rec.frame.n}: {err}") from None
 
     def close(self, summary=None) -> None:
         self.w.close()
