@@ -238,11 +238,16 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
             v = int(v)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ScenarioError(f"{path}: [sysctl] {key}: expected a non-negative integer, got {v!r}")
+        # The kernel refuses these writes (EINVAL): sysctl_net_ipv4.c's bounds.
+        top = {"net.ipv4.ip_unprivileged_port_start": 65535, "net.ipv4.tcp_tw_reuse": 2}.get(key)
+        if top is not None and v > top:
+            raise ScenarioError(f"{path}: [sysctl] {key}: at most {top}, got {v}")
         sc.sysctl[key] = v
 
     procs = _expect(doc.get("process", []), list, f"{path}", "process")
     next_pid = 1000
     used_pids = {p.get("pid") for p in procs if isinstance(p, dict)}
+    named_pids: dict[int, str] = {}
     for pi, p in enumerate(procs):
         where = f"{path}: process[{pi}]"
         _expect(p, dict, where, "process")
@@ -257,6 +262,9 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
             pid = _expect(p["pid"], int, where, "pid")
             if pid <= 0:
                 raise ScenarioError(f"{where}: pid must be positive, got {pid}")
+            if pid in named_pids:
+                raise ScenarioError(f"{where}: pid {pid} is already process {named_pids[pid]!r}")
+            named_pids[pid] = name
         else:
             while next_pid in used_pids:
                 next_pid += 1
@@ -278,8 +286,24 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
         proc = ProcessSpec(name=name, pid=pid, uid=uid or 0, comment=p.get("comment"))
         for si, s in enumerate(_expect(p.get("sockets", []), list, where, "sockets")):
             proc.sockets.append(_socket(s, f"{where} sockets[{si}]"))
+        _fds_distinct(proc.sockets, where)
         sc.processes.append(proc)
     return sc
+
+
+def _fds_distinct(socks: list[SocketSpec], where: str) -> None:
+    """Two sockets of one process open at the same time cannot have the same descriptor."""
+    held: list[tuple[int, float, float, int]] = []
+    for si, s in enumerate(socks):
+        if s.fd is None:
+            continue
+        start = s.at or 0.0
+        end = s.close_at if s.close_at is not None else float("inf")
+        for fd, a, b, other in held:
+            if fd == s.fd and start < b and a < end:
+                raise ScenarioError(f"{where} sockets[{si}]: fd {fd} is also sockets[{other}], open at the "
+                                    "same time")
+        held.append((s.fd, start, end, si))
 
 
 def _socket(s: object, where: str) -> SocketSpec:
@@ -327,6 +351,8 @@ def _socket(s: object, where: str) -> SocketSpec:
             if v < 0:
                 raise ScenarioError(f"{where}: {key} must be >= 0 seconds")
             setattr(spec, key, float(v))
+    if spec.close_at is not None and spec.close_at < (spec.at or 0.0):
+        raise ScenarioError(f"{where}: close_at ({spec.close_at:g} s) is before at ({spec.at:g} s)")
     if "comment" in s:
         spec.comment = _expect(s["comment"], str, where, "comment")
     return spec
