@@ -185,3 +185,25 @@ def test_unreadable_capture_prints_nothing_on_stdout(tmp_path, fmt, capture):
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert len(r.stderr.splitlines()) == 1 and capture in r.stderr
     assert not os.path.exists(tmp_path / "d")
+
+
+def test_ts_has_six_decimals_in_every_engine_and_format(tmp_path):
+    # SPEC §3's example: "ts": 1764000000.000100 (tcpdump's spelling, zeros kept).
+    from scapy.all import IP, TCP, Ether, wrpcap
+    pkts = []
+    for i, t in enumerate(("1764000000.000100", "1764000000.000000", "1764000000.5")):
+        p = Ether() / IP(src="10.1.0.2", dst="10.0.0.1") / TCP(sport=40000 + i, dport=80, flags="S")
+        from decimal import Decimal
+        p.time = Decimal(t)
+        pkts.append(p)
+    cap = tmp_path / "t.pcap"
+    wrpcap(str(cap), pkts, nano=True)
+    toml = tmp_path / "t.toml"
+    toml.write_text('[host]\naddresses = ["10.0.0.1"]\n')
+    want = ["1764000000.000100", "1764000000.000000", "1764000000.500000"]
+    for engine in ("reference", "batch"):
+        r = demux("replay", str(cap), "-s", str(toml), "--format", "jsonl", "--engine", engine)
+        assert r.returncode == 0, r.stderr
+        assert [line.split('"ts": ')[1].split(",")[0] for line in r.stdout.splitlines()] == want, engine
+    r = demux("replay", str(cap), "-s", str(toml), "--format", "csv")
+    assert [row["ts"] for row in csv.DictReader(io.StringIO(r.stdout))] == want

@@ -52,5 +52,5 @@ def reference_jsonl(capture_path: str, scenario, seed: int = 0, out=None):
             rec = eng.feed(frame)
             summ.add(rec)
             if out is not None:
-                out.write((enc(rec.as_dict()) + "\n").encode())
+                out.write((rec.jsonl(enc) + "\n").encode())
         return summ, reader.warning

@@ -487,13 +487,12 @@ def ts_ok(C, k):
 
 @njit(cache=True, inline="always")
 def _ts(out, o, ns):
-    """repr(round(ns / 1e9, 6)), as Record.as_dict and json write it.
+    """f"{ns / 1e9:.6f}", as demux.engine.ts_text writes it.
 
     ns / 1e9 as Python computes it (correctly rounded) is s + f/1e9 in doubles: the
     one rounding of f/1e9 is far smaller than the distance from any rounding midpoint.
     Its fraction x - s is exact, with at most 31 bits below the point for s >= 2**21, so
-    round-half-even to 6 decimals is integer arithmetic; and below 2**33 seconds the
-    double nearest a 6-decimal number prints as exactly that number."""
+    the correctly rounded (half-even) 6 decimals are integer arithmetic."""
     s = ns // 1000000000
     f = ns - s * 1000000000
     x = np.float64(s) + np.float64(f) / 1e9
@@ -510,14 +509,10 @@ def _ts(out, o, ns):
     o = _itoa(out, o, s)
     out[o] = 46
     o += 1
-    digits = 6
-    while digits > 1 and q % 10 == 0:
-        q //= 10
-        digits -= 1
-    for j in range(digits - 1, -1, -1):
+    for j in range(5, -1, -1):
         out[o + j] = 48 + q % 10
         q //= 10
-    return o + digits
+    return o + 6
 
 
 @njit(cache=True, nogil=True)

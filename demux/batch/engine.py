@@ -69,7 +69,7 @@ import numpy as np
 
 from demux.batch import _nb
 from demux.capture import MAX_RECORD, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
-from demux.engine import Engine, Record
+from demux.engine import Engine, Record, ts_text
 from demux.kernel import Verdict
 from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
@@ -549,7 +549,7 @@ class BatchEngine:
                 line = _verdict_tail(self.value, rec.direction, rec.v)
                 self.slow_tplm[i] = 1
             else:
-                line = (self.enc(rec.as_dict()) + "\n").encode()
+                line = (rec.jsonl(self.enc) + "\n").encode()
                 self.slow_tplm[i] = 0
             self.slow_offm[i] = len(self.sarena)
             self.slow_lenm[i] = len(line)
@@ -625,8 +625,8 @@ class BatchEngine:
             fi = int(C[i, _nb.FLAGS]) if C[i, _nb.PROTO] == 6 else 256
             fl = bytes(self.varena.buf[self.flagtpl[fi, 0]:self.flagtpl[fi, 0] + self.flagtpl[fi, 1]])
             suf = bytes(self.varena.buf[self.vsuf[v, 0]:self.vsuf[v, 0] + self.vsuf[v, 1]])
-            ts_text = json.dumps(round(int(C[i, _nb.TS]) / 1000000000, 6))
-            line = (b'{"n": ' + str(int(C[i, _nb.N])).encode() + b', "ts": ' + ts_text.encode() + b", "
+            ts = ts_text(int(C[i, _nb.TS]) / 1000000000)
+            line = (b'{"n": ' + str(int(C[i, _nb.N])).encode() + b', "ts": ' + ts.encode() + b", "
                     + tpl + fl + str(int(C[i, _nb.PLEN])).encode() + suf)
             self.slow_off[i] = len(self.sarena)
             self.slow_len[i] = len(line)
@@ -842,7 +842,7 @@ class BatchEngine:
                 p = parse(frame.n, frame.ts, frame.linktype, frame.data, frame.ifname, frame.orig_len)
                 rec, _ = self._decide(p, frame)
                 if self.out is not None:
-                    self.out.write((enc(rec.as_dict()) + "\n").encode())
+                    self.out.write((rec.jsonl(enc) + "\n").encode())
             return reader.warning
 
     # ---- the summary -----------------------------------------------------------------

@@ -6,6 +6,8 @@ import csv
 import json
 import sys
 
+from demux.engine import ts_text
+
 FIELDS = ("n", "ts", "proto", "src", "dst", "flags", "len", "direction", "verdict", "process",
           "pid", "fd", "socket", "state", "reason", "reply")
 
@@ -19,7 +21,7 @@ class JsonlSink:
         self._dumps = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode
 
     def write(self, rec) -> None:
-        self.out.write(self._dumps(rec.as_dict()) + "\n")
+        self.out.write(rec.jsonl(self._dumps) + "\n")
 
     def close(self, summary) -> None:
         pass
@@ -32,6 +34,7 @@ class CsvSink:
 
     def write(self, rec) -> None:
         d = rec.as_dict()
+        d["ts"] = ts_text(rec.ts)
         self.w.writerow(["" if d[k] is None else d[k] for k in FIELDS])
 
     def close(self, summary) -> None:
