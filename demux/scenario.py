@@ -16,6 +16,8 @@ import netaddr
 
 from demux.errors import ScenarioError
 
+PID_MAX_LIMIT = 4 * 1024 * 1024     # include/linux/threads.h on 64-bit: the largest pid_max
+
 # Linux defaults of the sysctls a scenario may set.
 SYSCTL_DEFAULTS: dict[str, object] = {
     "net.ipv4.ip_local_port_range": "32768 60999",
@@ -260,8 +262,8 @@ def loads(text: str, path: str = "<scenario>") -> Scenario:
         where = f"{path}: process {name!r}"
         if "pid" in p:
             pid = _expect(p["pid"], int, where, "pid")
-            if pid <= 0:
-                raise ScenarioError(f"{where}: pid must be positive, got {pid}")
+            if not 0 < pid <= PID_MAX_LIMIT:
+                raise ScenarioError(f"{where}: pid must be within 1..{PID_MAX_LIMIT}, got {pid}")
             if pid in named_pids:
                 raise ScenarioError(f"{where}: pid {pid} is already process {named_pids[pid]!r}")
             named_pids[pid] = name

@@ -19,6 +19,8 @@ BASE = '[host]\naddresses = ["10.0.0.1"]\n'
      "close_at (2 s) is before at (5 s)"),
     (BASE + '[sysctl]\n"net.ipv4.ip_unprivileged_port_start" = 70000\n', "at most 65535"),
     (BASE + '[sysctl]\n"net.ipv4.tcp_tw_reuse" = 3\n', "at most 2"),
+    (BASE + '[[process]]\nname = "a"\npid = 4194305\n', "pid must be within 1..4194304"),
+    (BASE + '[[process]]\nname = "a"\npid = 0\n', "pid must be within 1..4194304"),
 ])
 def test_refused(text, needle):
     with pytest.raises(DemuxError) as e:
