@@ -100,6 +100,10 @@ def _options_summary(fields: list[dict]) -> str:
             parts.append("NOP")
         elif name == "tcp.options.eol":
             parts.append("EOL")
+        elif name == "tcp.options.tfo.cookie":
+            parts.append(f"TFO cookie={value}")
+        elif name == "tcp.options.experimental.exid":
+            parts.append(f"EXP 0x{value:04x}")
         elif name == F.TCP_OPT_DATA_NAME:
             parts.append(f"opt={value}")
     return " ".join(parts)

@@ -1,20 +1,27 @@
-"""``demux explain``: describe() against scapy, the text rendering, the command, services."""
+"""``demux explain``: describe() against scapy, the text rendering, the command, services,
+and Wireshark's names for every field the command emits (SPEC §4)."""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import wrpcap
 
-from demux import explain, services
+from demux import engine, explain, services
+from demux.capture import open_capture
 from demux.cli import main
 from demux.wire import parse
 
-from wire_oracle import ip_fields, tcp_fields, tcp_options, udp_fields
+from wire_oracle import (NO_TSHARK, TSHARK, crafted, ip_fields, tcp_fields, tcp_options,
+                         tshark_fields, udp_fields, write_by_linktype)
+
+PCAPS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "pcaps", "*.pcap*")))
 
 SYN = (Ether(src="52:54:00:00:00:02", dst="52:54:00:00:00:01") / Dot1Q(vlan=12)
        / IP(src="192.168.1.5", dst="10.0.0.1", ttl=61, flags="DF", id=777)
@@ -153,3 +160,72 @@ def test_command_bad_capture(tmp_path, capsys):
     bad.write_bytes(b"not a capture at all")
     assert main(["explain", str(bad), "-n", "1"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+# -- Wireshark's names (SPEC §4: "Field names follow Wireshark's display filter names") --
+
+def _explain_json(capsys, path: str, n: int) -> dict:
+    assert main(["explain", path, "-n", str(n), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _emitted_names(capsys, path: str) -> dict[str, int]:
+    """Every field name ``demux explain --json`` emits over all packets of ``path``."""
+    with open_capture(path) as reader:
+        count = sum(1 for _ in reader)
+    names: dict[str, int] = {}
+    for n in range(1, count + 1):
+        for layer in _explain_json(capsys, path, n)["layers"]:
+            for fl in layer["fields"]:
+                names.setdefault(fl["name"], n)
+    return names
+
+
+@pytest.fixture()
+def no_lookup(monkeypatch):
+    # The lookup replays the capture and names no fields: leave it out to keep this quick.
+    monkeypatch.setattr(engine, "explain_lookup", lambda *a, **k: ([], None), raising=False)
+
+
+@pytest.mark.skipif(TSHARK is None, reason=NO_TSHARK)
+@pytest.mark.parametrize("path", PCAPS, ids=[os.path.basename(p) for p in PCAPS])
+def test_every_emitted_name_is_a_wireshark_field(path, capsys, no_lookup):
+    known = tshark_fields()
+    names = _emitted_names(capsys, path)
+    assert len(names) > 10
+    assert {name: n for name, n in names.items() if name not in known} == {}
+
+
+@pytest.mark.skipif(TSHARK is None, reason=NO_TSHARK)
+def test_every_name_emitted_for_crafted_headers_is_a_wireshark_field(tmp_path, capsys, no_lookup):
+    """IPv6 extension headers and fragments, IPv4 options, ICMP/ICMPv6 errors, SLL/SLL2."""
+    known = tshark_fields()
+    names: dict[str, str] = {}
+    for path, ids in write_by_linktype(crafted(), tmp_path):
+        for name, n in _emitted_names(capsys, path).items():
+            names.setdefault(name, ids[n - 1])
+    assert {"ipv6.fraghdr.ident", "ip.opt.ptr", "icmp.unused", "icmpv6.reserved", "sll.src.eth",
+            "sll.unused", "ipv6.opt.padn", "ipv6.routing.src.addr"} <= names.keys()
+    assert {name: where for name, where in names.items() if name not in known} == {}
+
+
+def test_sll_source_address_is_six_bytes_then_unused(capsys):
+    """The audit's repro: ``demux explain pcaps/any-sll.pcap -n 3 --json`` (and SLL2)."""
+    here = os.path.join(os.path.dirname(__file__), "..", "pcaps")
+    for pcap, at in (("any-sll.pcap", 48), ("any-sll2.pcap", 96)):
+        rows = _explain_json(capsys, os.path.join(here, pcap), 3)["layers"][0]["fields"]
+        got = {fl["name"]: (fl["offset_bits"], fl["width_bits"], fl["value"]) for fl in rows}
+        assert got["sll.src.eth"] == (at, 48, "02:77:00:00:00:02"), pcap
+        assert got["sll.unused"] == (at + 48, 16, "0000"), pcap
+        assert "sll.reserved" not in got
+
+
+def test_ipv6_fragment_header_names(tmp_path, capsys):
+    path = tmp_path / "frag.pcap"
+    wrpcap(str(path), [Ether() / IPv6() / IPv6ExtHdrFragment(id=0x1234, m=1) / UDP()])
+    layer = _explain_json(capsys, str(path), 1)["layers"][2]
+    assert layer["name"] == "IPv6 Fragment"
+    assert [(fl["name"], fl["offset_bits"] - 54 * 8, fl["width_bits"]) for fl in layer["fields"]] == [
+        ("ipv6.fraghdr.nxt", 0, 8), ("ipv6.fraghdr.reserved_octet", 8, 8), ("ipv6.fraghdr.offset", 16, 13),
+        ("ipv6.fraghdr.reserved_bits", 29, 2), ("ipv6.fraghdr.more", 31, 1), ("ipv6.fraghdr.ident", 32, 32)]
+    assert layer["fields"][-1]["value"] == 0x1234

@@ -1,4 +1,5 @@
-"""The wire layer: the field table, the fast parser, literal bytes and scapy as oracle."""
+"""The wire layer: the field table, the fast parser, literal bytes, scapy as oracle, and
+the explain walk's layouts against Wireshark's (tshark PDML, on crafted frames)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ethe
 from demux.wire import FragmentInfo, Packet, parse
 from demux.wire import fields as F
 from demux.wire.parser import parse_general
+from demux.wire.walk import walk
 
-from wire_oracle import norm6
+from wire_oracle import NO_TSHARK, TSHARK, crafted, norm6, pdml, tshark_fields, write_by_linktype
 
 SLOTS = Packet.__slots__
 
@@ -288,3 +290,113 @@ def test_ipv4_fragments_are_marked_not_parsed():
     assert first.frag == FragmentInfo(9, 0, True) and first.sport == 0 and first.error is None
     assert second.frag.offset == 48 and second.payload_len == 48
     assert norm6("2001:0db8::0001") == "2001:db8::1"
+
+
+# -- Wireshark's names and layouts ------------------------------------------------------
+
+CRAFTED = crafted()
+
+
+def _rows(lt: int, raw: bytes) -> list[tuple[str, int, int]]:
+    return [(fl["name"], fl["offset_bits"], fl["width_bits"])
+            for layer in walk(lt, raw) for fl in layer["fields"]]
+
+
+@pytest.fixture(scope="module")
+def wireshark_view(tmp_path_factory):
+    """Crafted id -> every (name, offset bits, width bits) Wireshark shows in that frame."""
+    view = {}
+    for path, names in write_by_linktype(CRAFTED, tmp_path_factory.mktemp("crafted")):
+        view.update(zip(names, pdml(path), strict=True))
+    return view
+
+
+@pytest.mark.skipif(TSHARK is None, reason=NO_TSHARK)
+@pytest.mark.parametrize("name,lt,raw", CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_crafted_frames_lie_where_wireshark_shows_them(name, lt, raw, wireshark_view):
+    seen, known = wireshark_view[name], tshark_fields()
+    rows = _rows(lt, raw)
+    assert len(rows) >= 6
+    for row in rows:
+        assert row[0] in known, row
+        assert row in seen, (row, sorted(s for s in seen if s[0] == row[0]))
+
+
+def _table_names() -> set[str]:
+    """Every name the field table can hand the walk: header rows, per-type rows, the
+    names of variable-width data, and what the SLL helpers make."""
+    names: set[str] = set()
+
+    def collect(value):
+        if isinstance(value, F.Header):
+            names.update(fl.name for fl in value.fields)
+        elif isinstance(value, F.Field):
+            names.add(value.name)
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                collect(v)
+    collect(list(vars(F).values()))
+    names |= {F.AH_ICV_NAME, F.TCP_OPT_DATA_NAME, F.IPV6_ROUTING_UNKNOWN}
+    for halen in range(10):
+        names |= {fl.name for fl in F.sll_address(halen, 6)}
+    for hatype, value in ((F.ARPHRD_IPGRE, 0x800), (1, 4), (1, 0x800)):
+        names.add(F.sll_protocol(F.SLL["sll.etype"], hatype, value).name)
+    for kind in range(256):
+        for length in (0, 1):
+            names |= {fl.name for fl in F.icmp_rest(kind, 4, length)}
+            names |= {fl.name for fl in F.icmpv6_rest(kind, length, 32)}
+    return names
+
+
+@pytest.mark.skipif(TSHARK is None, reason=NO_TSHARK)
+def test_every_name_in_the_table_is_a_wireshark_field():
+    names = _table_names()
+    assert len(names) > 150
+    assert sorted(names - tshark_fields()) == []
+
+
+def _by_name(lt: int, raw: bytes) -> dict:
+    out: dict = {}
+    for layer in walk(lt, raw):
+        for fl in layer["fields"]:
+            out.setdefault(fl["name"], []).append((fl["offset_bits"], fl["width_bits"], fl["value"]))
+    return out
+
+
+def test_walk_layouts_as_wireshark_draws_them():
+    """The layouts the PDML test pins down, kept without tshark too."""
+    got = {name: _by_name(lt, raw) for name, lt, raw in CRAFTED}
+    frag = got["v6-frag-first"]
+    assert [n for n in frag if n.startswith("ipv6.frag")] == [
+        "ipv6.fraghdr.nxt", "ipv6.fraghdr.reserved_octet", "ipv6.fraghdr.offset",
+        "ipv6.fraghdr.reserved_bits", "ipv6.fraghdr.more", "ipv6.fraghdr.ident"]
+    assert frag["ipv6.fraghdr.ident"] == [(58 * 8, 32, 0xABCD)] and frag["ipv6.fraghdr.more"][0][2] == 1
+    # SLL: the address as long as sll.halen says, the rest of the 8-byte slot unused.
+    assert got["sll-1-6-800"]["sll.src.eth"] == [(48, 48, "21:22:23:24:25:26")]
+    assert got["sll-1-6-800"]["sll.unused"] == [(96, 16, "2728")]
+    assert got["sll2-1-6-800"]["sll.src.eth"] == [(96, 48, "21:22:23:24:25:26")]
+    assert got["sll2-1-6-800"]["sll.unused"] == [(144, 16, "2728")]
+    assert got["sll-778-4-86dd"]["sll.src.ipv4"] == [(48, 32, "33.34.35.36")]
+    assert "sll.gretype" in got["sll-778-4-86dd"] and "sll.ltype" in got["sll-1-6-4"]
+    assert got["sll-65534-0-800"]["sll.unused"] == [(48, 64, "2122232425262728")]
+    assert got["sll2-800-8-86dd"]["sll.src.other"] == [(96, 64, "2122232425262728")]
+    assert "sll.unused" not in got["sll2-800-8-86dd"]
+    assert got["sll-1-3-800"]["sll.src.other"] == [(48, 24, "212223")]
+    # ICMP bytes 4-7 by type; an RFC 4884 length splits them.
+    assert got["icmp-port-unreach"]["icmp.unused"][0][:2] == (20 * 8 + 32, 32)
+    assert [n for n in got["icmp-frag-needed-4884"] if n.startswith("icmp.")][3:] == [
+        "icmp.unused", "icmp.length", "icmp.mtu"]
+    assert "icmp.unused" not in got["icmp-source-quench"]
+    assert got["icmpv6-port-unreach"]["icmpv6.reserved"][0][:2] == (40 * 8 + 32, 32)
+    assert "icmpv6.length" in got["icmpv6-unreach-4884"]
+    # A source route under way: the header's destination is the current hop.
+    lsrr = got["v4-lsrr"]
+    assert lsrr["ip.cur_rt"] == [(128, 32, "10.0.0.1")]
+    assert [v for _, _, v in lsrr["ip.dst"]] == ["3.3.3.3"] and lsrr["ip.src_rt"][0][2] == "2.2.2.2"
+    names = {n for view in got.values() for n in view}
+    for gone in ("ipv6.fragment.id", "ipv6.opt.data", "ipv6.routing.data", "ip.opt.data",
+                 "icmp.rest", "icmpv6.rest", "sll.reserved"):
+        assert gone not in names

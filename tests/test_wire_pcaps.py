@@ -1,5 +1,6 @@
 """Every header field of every IP packet in pcaps/ equals scapy's dissection, through
-both the fast parser and the explain walk (one table of fields serves both)."""
+both the fast parser and the explain walk (one table of fields serves both), and every
+field the walk shows is one Wireshark shows: same name, same bit offset and width."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 from demux.capture import open_capture
 from demux.wire import parse
 from demux.wire.walk import walk
-from wire_oracle import ip_fields, tcp_fields, udp_fields
+from wire_oracle import NO_TSHARK, TSHARK, ip_fields, pdml, tcp_fields, udp_fields
 
 PCAPS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "pcaps", "*.pcap*")))
 _LINK = {1: Ether, 113: CookedLinux, 276: CookedLinuxV2}
@@ -56,3 +57,20 @@ def test_every_field_of_every_packet_matches_scapy(path):
                 assert (p.seq, p.ack, p.flags, p.window) == (l4.seq, l4.ack, int(l4.flags), l4.window), f.n
             checked += 1
     assert checked > 10
+
+
+@pytest.mark.skipif(TSHARK is None, reason=NO_TSHARK)
+@pytest.mark.parametrize("path", PCAPS, ids=[os.path.basename(p) for p in PCAPS])
+def test_every_field_lies_where_wireshark_shows_it(path):
+    shown = pdml(path)
+    with open_capture(path) as reader:
+        frames = list(reader)
+    assert len(shown) == len(frames)
+    checked = 0
+    for f, seen in zip(frames, shown):
+        for layer in walk(f.linktype, f.data):
+            for fl in layer["fields"]:
+                key = (fl["name"], fl["offset_bits"], fl["width_bits"])
+                assert key in seen, (f.n, key, sorted(s for s in seen if s[0] == fl["name"]))
+                checked += 1
+    assert checked > 100

@@ -54,11 +54,11 @@ _IP6 = _f.IPV6.struct("ipv6.plen", "ipv6.nxt", "ipv6.hlim", "ipv6.src", "ipv6.ds
 _IP6_LEN = _f.IPV6.length
 _IP6_NXT = _f.IPV6["ipv6.nxt"].byte
 _IP6_VER_SHIFT, _ = _f.IPV6["ipv6.version"].within(_f.IPV6["ipv6.version"])
-_FRAG6 = _f.IPV6_FRAGMENT.struct("ipv6.fragment.nxt", "ipv6.fragment.offset", "ipv6.fragment.id")
+_FRAG6 = _f.IPV6_FRAGMENT.struct("ipv6.fraghdr.nxt", "ipv6.fraghdr.offset", "ipv6.fraghdr.ident")
 _FRAG6_LEN = _f.IPV6_FRAGMENT.length
-_FRAG6_OFF_SHIFT, _FRAG6_OFF_MASK = _f.IPV6_FRAGMENT["ipv6.fragment.offset"].within(
-    _f.IPV6_FRAGMENT["ipv6.fragment.offset"])
-_FRAG6_MORE_SHIFT, _ = _f.IPV6_FRAGMENT["ipv6.fragment.more"].within(_f.IPV6_FRAGMENT["ipv6.fragment.offset"])
+_FRAG6_OFF_SHIFT, _FRAG6_OFF_MASK = _f.IPV6_FRAGMENT["ipv6.fraghdr.offset"].within(
+    _f.IPV6_FRAGMENT["ipv6.fraghdr.offset"])
+_FRAG6_MORE_SHIFT, _ = _f.IPV6_FRAGMENT["ipv6.fraghdr.more"].within(_f.IPV6_FRAGMENT["ipv6.fraghdr.offset"])
 _EXT_LEN_BYTE = _f.IPV6_HOPOPTS["ipv6.hopopts.len"].byte
 _EXT_NAMES = {nxt: h.name + " header" for nxt, h in _f.IPV6_EXT.items()}
 _AH = 51

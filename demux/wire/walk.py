@@ -3,9 +3,11 @@
 Lays the headers of ``demux.wire.fields`` end to end over the frame's bytes the way the
 parser reads them (link layer, VLAN tags, IPv4 with options or IPv6 with extension
 headers, TCP with options, UDP, ICMP with the datagram it quotes) and yields every
-field with its absolute offset in bits, its raw value and its meaning. Slow and
-thorough where the parser is fast and selective; never raises: a field whose bytes were
-not captured is left out, and the walk stops there.
+field with its absolute offset in bits, its raw value and its meaning; which rows a
+header gets (an option's data, ICMP's bytes 4-7, an SLL address) follows what Wireshark
+shows for the same bytes, as the field table records it. Slow and thorough where the
+parser is fast and selective; never raises: a field whose bytes were not captured is
+left out, and the walk stops there.
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ def _link(w: _Walk, linktype: int) -> None:
             return
         _ethertype(w, w.u16(12), f.ETHERNET.length)
     elif linktype == 113:
-        if w.emit(w.layer(f.SLL.name), f.SLL, 0):
+        if _sll(w, f.SLL, f.SLL_ADDR_BYTE, w.u16(4), w.u16(2), w.u16(14)):
             _ethertype(w, w.u16(14), f.SLL.length)
     elif linktype == 276:
-        if w.emit(w.layer(f.SLL2.name), f.SLL2, 0):
+        if _sll(w, f.SLL2, f.SLL2_ADDR_BYTE, w.u8(11), w.u16(8), w.u16(0)):
             _ethertype(w, w.u16(0), f.SLL2.length)
     elif linktype in (0, 108):
         if w.emit(w.layer(f.NULL.name), f.NULL, 0):
@@ -87,6 +89,17 @@ def _link(w: _Walk, linktype: int) -> None:
         _ip(w, 4, 0)
     elif linktype == 229:
         _ip(w, 6, 0)
+
+
+def _sll(w: _Walk, header: f.Header, addr_at: int, halen: int | None, hatype: int | None,
+         proto: int | None) -> bool:
+    """An SLL/SLL2 header: its fixed rows, the address slot's rows as the address length
+    makes them, and the protocol under the name its link type and value give it."""
+    rows = [f.sll_protocol(r, hatype, proto) if r.name == "sll.etype" else r for r in header.fields]
+    if halen is not None:
+        rows += f.sll_address(halen, addr_at)
+    rows.sort(key=lambda r: r.offset)
+    return w.emit(w.layer(header.name), rows, 0)
 
 
 def _ethertype(w: _Walk, et: int | None, off: int) -> None:
@@ -135,9 +148,13 @@ def _ipv4(w: _Walk, off: int, suffix: str, limit: int | None) -> None:
             w.emit(out, f.IPV4_OPT_SHORT, i)
             break
         w.emit(out, f.IPV4_OPT, i)
-        if size > 2:
-            w.emit(out, [f.Field("ip.opt.data", 16, (size - 2) * 8, "option data, raw", f.BYTES)], i)
+        _ipv4_option_data(w, out, kind, i, size)
         i += size
+    if any(fl["name"] == "ip.dst" for fl in out[len(f.IPV4.fields):]):
+        # A source route still under way names the final destination; the header's
+        # address is then only the hop the packet is going to now.
+        hop = next(fl for fl in out if fl["name"] == "ip.dst")
+        hop.update(name=f.IPV4_CUR_RT.name, meaning=f.IPV4_CUR_RT.meaning)
     end = off + tot
     if limit is not None:
         end = min(end, limit)
@@ -146,6 +163,33 @@ def _ipv4(w: _Walk, off: int, suffix: str, limit: int | None) -> None:
     if frag_off:
         return       # a later fragment: its bytes are the middle of a datagram
     _transport(w, data[off + 9], off + hl, end, 4, suffix)
+
+
+def _ipv4_option_data(w: _Walk, out: list, kind: int, i: int, size: int) -> None:
+    """The rows after an IPv4 option's type and length, as Wireshark names them."""
+    w.emit(out, [r for r in f.IPV4_OPT_DATA.get(kind, ()) if r.offset + r.width <= size * 8], i)
+    if kind in (7, 131, 137):
+        ptr = w.u8(i + 2)
+        if ptr is None or ptr < 4 or ptr % 4:
+            return                      # a pointer into no slot: Wireshark shows no slots
+        slots = range(3, size - 3, 4)
+        for o in slots:
+            # Slots before the pointer are done; after it, a record route's are empty
+            # and a source route's are hops to go, its last one the final destination.
+            if o + 1 < ptr:
+                state = "rec"
+            elif kind == 7:
+                state = "empty"
+            else:
+                state = "dst" if o == slots[-1] else "src"
+            w.emit(out, [f.IPV4_ROUTE_SLOT[state]], i + o)
+    elif kind == 68 and size >= 4 and w.u8(i + 3) is not None:
+        with_addr = (w.u8(i + 3) & 15) in (1, 3)
+        step = 8 if with_addr else 4
+        for o in range(4, size - step + 1, step):
+            if with_addr:
+                w.emit(out, [f.IPV4_TS_ADDR], i + o)
+            w.emit(out, [f.IPV4_TS_STAMP], i + o + step - 4)
 
 
 def _ipv6(w: _Walk, off: int, suffix: str, limit: int | None) -> None:
@@ -172,10 +216,33 @@ def _ipv6(w: _Walk, off: int, suffix: str, limit: int | None) -> None:
         if nxt in (0, 60):
             _ipv6_options(w, out, i + 2, min(i + hlen, end))
         elif nxt == 43 and hlen > 4:
-            w.emit(out, [f.Field("ipv6.routing.data", 32, (hlen - 4) * 8, "type-specific data, raw", f.BYTES)], i, end)
+            _routing_data(w, out, i, hlen, end)
+        elif nxt == 51 and hlen > f.IPV6_AH.length:
+            w.emit(out, [f.Field(f.AH_ICV_NAME, f.IPV6_AH.length * 8, (hlen - f.IPV6_AH.length) * 8,
+                                 "integrity check value", f.BYTES)], i, end)
         nxt = data[i]
         i += hlen
     _transport(w, nxt, i, end, 6, suffix)
+
+
+def _routing_data(w: _Walk, out: list, i: int, hlen: int, end: int) -> None:
+    """The rows of a routing header after its first 4 bytes, by routing type."""
+    rtype = w.u8(i + 2)
+    if rtype is None or rtype in f.IPV6_ROUTING_OTHER_DECODED:
+        return
+    if rtype not in f.IPV6_ROUTING_ADDR:
+        w.emit(out, [f.Field(f.IPV6_ROUTING_UNKNOWN, 32, (hlen - 4) * 8, "data of a routing type "
+                             "Wireshark does not know, raw", f.BYTES)], i, end)
+        return
+    w.emit(out, [r for r in f.IPV6_ROUTING_DATA[rtype] if r.offset + r.width <= hlen * 8], i, end)
+    count = (hlen - 8) // 16
+    if rtype == 2:
+        count = min(count, 1)
+    elif rtype == 4:
+        last = w.u8(i + 4)
+        count = 0 if last is None else min(count, last + 1)
+    for k in range(count):
+        w.emit(out, [f.IPV6_ROUTING_ADDR[rtype]], i + 8 + 16 * k, end)
 
 
 def _ipv6_options(w: _Walk, out: list, i: int, end: int) -> None:
@@ -187,12 +254,25 @@ def _ipv6_options(w: _Walk, out: list, i: int, end: int) -> None:
             continue
         size = w.u8(i + 1)
         if size is None or i + 2 + size > end:
-            w.emit(out, f.IPV6_OPT_PAD1, i)
+            w.emit(out, [f.IPV6_OPT["ipv6.opt.type"]], i)
             return
         w.emit(out, f.IPV6_OPT, i)
-        if size:
-            w.emit(out, [f.Field("ipv6.opt.data", 16, size * 8, "option data, raw", f.BYTES)], i)
+        row = _ipv6_option_data(data[i], size)
+        if row is not None:
+            w.emit(out, [row], i)
         i += 2 + size
+
+
+def _ipv6_option_data(kind: int, size: int) -> f.Field | None:
+    """The row for an IPv6 option's data, or None where Wireshark has no such row."""
+    row = f.IPV6_OPT_DATA.get(kind)
+    if row is None:
+        if kind in f.IPV6_OPT_OTHER_DECODED:
+            return None
+        row = f.IPV6_OPT_EXPERIMENTAL if kind & 0x1F == 0x1E else f.IPV6_OPT_UNKNOWN
+    if row.width == 0:           # variable: all of the data, if there is any
+        return f.Field(row.name, row.offset, size * 8, row.meaning, row.kind) if size else None
+    return row if row.width == size * 8 else None
 
 
 def _transport(w: _Walk, proto: int, off: int, end: int, family: int, suffix: str) -> None:
@@ -209,12 +289,15 @@ def _transport(w: _Walk, proto: int, off: int, end: int, family: int, suffix: st
         header = f.ICMP if family == 4 else f.ICMPV6
         out = w.layer(header.name + suffix)
         kind = w.u8(off)
-        rows = header.fields
+        rows = list(header.fields)
         if kind not in ((3,) if family == 4 else (1,)):
             # The code's names are those of destination unreachable only.
             code = rows[1]
-            rows = (rows[0], f.Field(code.name, code.offset, code.width, "message code"), *rows[2:])
-        if not w.emit(out, list(rows), off, end):
+            rows[1] = f.Field(code.name, code.offset, code.width, "message code")
+        if kind is not None:
+            rows += (f.icmp_rest(kind, w.u8(off + 1), w.u8(off + 5)) if family == 4
+                     else f.icmpv6_rest(kind, w.u8(off + 4), end - off))
+        if not w.emit(out, rows, off, end):
             return
         errors = f.ICMP_ERRORS if family == 4 else f.ICMPV6_ERRORS
         if kind in errors and not suffix and off + 8 < min(end, len(data)):
@@ -244,5 +327,23 @@ def _tcp_options(w: _Walk, out: list, i: int, end: int) -> None:
             for block in range(i + 2, i + size - 7, 8):
                 w.emit(out, f.TCP_SACK_BLOCK, block)
         elif header is f.TCP_OPT_OTHER and size > 2:
-            w.emit(out, [f.Field(f.TCP_OPT_DATA_NAME, 16, (size - 2) * 8, "option data, raw", f.BYTES)], i)
+            w.emit(out, _tcp_option_data(kind, size), i)
         i += size
+
+
+def _tcp_option_data(kind: int, size: int) -> list:
+    """The rows for the data of an option kind shown without a header of its own."""
+    if kind in f.TCP_OPT_DATA:
+        if f.TCP_OPT_EXACT_LENGTH.get(kind, size) != size:
+            return []
+        rows = []
+        for r in f.TCP_OPT_DATA[kind]:
+            if r.width == 0 and size * 8 > r.offset:       # variable: the rest of the option
+                rows.append(f.Field(r.name, r.offset, size * 8 - r.offset, r.meaning, r.kind))
+            elif r.width and r.offset + r.width <= size * 8:
+                rows.append(r)
+        return rows
+    if kind in f.TCP_OPT_OTHER_DECODED:
+        return []
+    return [f.Field(f.TCP_OPT_DATA_NAME, 16, (size - 2) * 8, "data of an option kind Wireshark "
+                    "does not know, raw", f.BYTES)]
