@@ -207,3 +207,22 @@ def test_ts_has_six_decimals_in_every_engine_and_format(tmp_path):
         assert [line.split('"ts": ')[1].split(",")[0] for line in r.stdout.splitlines()] == want, engine
     r = demux("replay", str(cap), "-s", str(toml), "--format", "csv")
     assert [row["ts"] for row in csv.DictReader(io.StringIO(r.stdout))] == want
+
+
+def test_truncated_capture_warns_everywhere_it_is_read(tmp_path):
+    # As replay (SPEC §3): the packets before the damage are used, a warning names the
+    # offset, exit status 1 -- for infer and ss --capture too.
+    data = open(os.path.join(PCAPS, "http4.pcap"), "rb").read()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:len(data) // 2 + 5])
+    toml = os.path.join(PCAPS, "http4.toml")
+    for args, out_has in ((("infer", str(cut)), "[host]"),
+                          (("ss", "--capture", str(cut), "-s", toml, "-tan"), "LISTEN"),
+                          (("replay", str(cut), "-s", toml, "--summary"), '"packets"')):
+        r = demux(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        assert out_has in r.stdout
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and "warning" in lines[0] and "truncated at byte" in lines[0], args
+    r = demux("explain", str(cut), "-n", "500", "-s", toml)
+    assert r.returncode == 2 and "before its damage" in r.stderr and r.stderr.count("\n") == 1

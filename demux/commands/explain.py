@@ -40,9 +40,10 @@ def run(args) -> int:
                 if fr.n == n:
                     frame = fr
                     break
+            damage = reader.warning
         if frame is None:
             raise DemuxError(f"{name}: no packet {n}: the capture holds {count} packet"
-                             f"{'' if count == 1 else 's'}")
+                             f"{'' if count == 1 else 's'}" + (f" before its damage ({damage})" if damage else ""))
         packet = parse(frame.n, frame.ts, frame.linktype, frame.data, frame.ifname, frame.orig_len)
         port_range = services.EPHEMERAL_DEFAULT
         if args.scenario:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from demux.errors import DemuxError
-from demux.infer import infer_with_header
+from demux.infer import infer_frames_with_header
 from demux.scenario import dumps
 
 
@@ -22,6 +22,13 @@ def write_output(text: str, output: str | None) -> None:
 
 
 def run(args) -> int:
-    sc, header = infer_with_header(args.capture)
+    from demux.capture import open_capture
+    with open_capture(args.capture) as reader:
+        sc, header = infer_frames_with_header(reader, reader.name)
+        warning = reader.warning
     write_output(dumps(sc, header), args.output)
+    if warning:
+        # As replay does (SPEC §3): what came before the damage is used, and said so.
+        print(f"demux infer: warning: {warning}", file=sys.stderr)
+        return 1
     return 0

@@ -72,6 +72,7 @@ def run(args) -> int:
     if args.at is not None and not args.capture:
         raise DemuxError("--at needs --capture")
     recvq = None
+    warning = None
     if args.capture:
         from demux.capture import open_capture
         from demux.engine import Engine, load_or_infer
@@ -83,6 +84,10 @@ def run(args) -> int:
                 if args.at is not None and eng.t0 is not None and frame.ts - eng.t0 > args.at:
                     break
                 unread.see(eng.feed(frame))
+            else:
+                # The table is the one after the packets before the damage (as replay
+                # reports them); exit status 1 as replay's.
+                warning = reader.warning
         if args.at is not None and eng.t0 is not None:
             eng.kernel.advance(args.at)
             # The timers too: the engine runs them only when a packet comes, and none
@@ -103,4 +108,7 @@ def run(args) -> int:
         kernel.apply_all()
     sys.stdout.write(render(kernel, args.tcp, args.udp, args.listening, args.all, args.numeric,
                             args.processes, args.extended, recvq))
+    if warning:
+        print(f"demux ss: warning: {warning}", file=sys.stderr)
+        return 1
     return 0
