@@ -799,7 +799,8 @@ class Kernel:
                 c.rcv_nxt = end
             if p.tsval is not None:
                 c.tsval = p.tsval
-            return self.steady_verdict(c, "in")
+            # steady_verdict's open-connection case, inline on the hottest path.
+            return Verdict("deliver", c.reason, c.proc, c.fd, c.describe(), c.state)
         c = self._established(key, now, steps)
         prefix = ""
         if c is not None:
@@ -1054,7 +1055,7 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
                 and c.state in _QUIET):
-            return self.steady_verdict(c, "out")
+            return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state)   # as in _tcp_in
         c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
             if flags & SYN and not flags & ACK:
