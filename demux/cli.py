@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="parse and dispatch speed beside scapy, dpkt and tshark")
     b.add_argument("--packets", type=int, default=200_000)
     b.add_argument("--capture", help="use this capture instead of a generated one")
+    b.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="time every row N times and keep the fastest (shared machines vary)")
     return p
 
 

@@ -226,3 +226,9 @@ def test_truncated_capture_warns_everywhere_it_is_read(tmp_path):
         assert len(lines) == 1 and "warning" in lines[0] and "truncated at byte" in lines[0], args
     r = demux("explain", str(cut), "-n", "500", "-s", toml)
     assert r.returncode == 2 and "before its damage" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_bench_prints_both_tables():
+    r = demux("bench", "--packets", "3000")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("dpkt loop") >= 2 and "long flows" in r.stdout and "machine:" in r.stdout
