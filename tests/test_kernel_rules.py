@@ -356,6 +356,11 @@ def test_A7_full_request_queue_answers_with_syn_cookies():
     assert "SYN cookie" in vs[2].reason and vs[2].verdict == "deliver"
     v = k.input(seg("10.9.0.2", 5002, "10.9.0.1", 80, flags=".", seq=1001, ts=1.0), 1.0)
     assert v.verdict == "deliver" and v.state == "ESTAB" and "cookie" in v.reason
+    # A SYN-ACK on a 4-tuple that was answered with a cookie is no cookie's final ACK
+    # (tcp_v4_cookie_check looks only at segments without SYN): the listener answers RST.
+    v = k.input(seg("10.9.0.2", 5003, "10.9.0.1", 80, flags="S.", seq=1001, ts=1.0), 1.0)
+    assert (v.verdict, v.reply) == ("reject", "rst") and "SYN-ACK" in v.reason
+    assert all(c.state != "SYN-RECV" or c.expire for c in k.est.values())
     # Without cookies the same SYN is dropped; request sockets are forgotten after 63 s.
     k = kernel('{proto="tcp", bind="0.0.0.0:80", backlog=1}', sysctl='[sysctl]\n"net.ipv4.tcp_syncookies" = 0\n')
     assert k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0).verdict == "deliver"

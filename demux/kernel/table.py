@@ -870,7 +870,8 @@ class Kernel:
                                l.proc, l.fd, l.describe(), ts.LISTEN)
             return Verdict("reject", f"RST to tcp {endpoint(p.dst, p.dport)} with no socket: "
                            "nothing is sent back to a RST")
-        l = self.cookies.pop(key, None) if flags & ACK else None
+        # tcp_v4_cookie_check: only a segment without SYN can carry a cookie's final ACK.
+        l = self.cookies.pop(key, None) if flags & (ACK | SYN) == ACK else None
         if l is not None and l.state == "LISTEN":
             # cookie_v4_check: the final ACK carries the cookie; the child is made now.
             if l.queued > l.backlog:
