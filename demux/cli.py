@@ -24,6 +24,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _count(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    parse.__name__ = "count"
+    return parse
+
+
+_positive, _natural = _count(1), _count(0)
+
+
 def _parser() -> argparse.ArgumentParser:
     # Subcommand parsers are made by add_subparsers with the parent's class: _Parser too.
     p = _Parser(
@@ -40,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON array, an object per call")
     c.add_argument("--connect-capacity", metavar="ADDR:PORT",
                    help="what-if: how many more connections the host can open to ADDR:PORT")
-    c.add_argument("--time-wait", type=int, default=0, metavar="N",
+    c.add_argument("--time-wait", type=_natural, default=0, metavar="N",
                    help="with --connect-capacity: N connections to it closed in the last 60 s")
 
     r = sub.add_parser("replay", help="the verdict of every packet of a capture")
@@ -51,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--split", metavar="DIR", help="write DIR/NAME-PID.pcap per process and rejected.pcap")
     r.add_argument("--annotate", metavar="OUT", help="write the capture as pcapng with a verdict comment per packet")
     r.add_argument("--engine", choices=("auto", "reference", "batch"), default="auto")
-    r.add_argument("--workers", type=int, default=1, help="shard flows over N worker processes")
+    r.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="threads for the batch engine: the kernel decides on one, reading/parsing "
+                        "and jsonl formatting run beside it")
     r.add_argument("--seed", type=int, default=0, help="seed of the SO_REUSEPORT flow hash")
     r.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
@@ -92,13 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     lv.add_argument("--address", metavar="CIDR", action="append",
                     help="the kernel's own end of the TUN, e.g. 10.66.0.1/24 (repeatable)")
     lv.add_argument("--handlers", metavar="MODULE", help="module with one function per process name")
-    lv.add_argument("--queue", type=int, default=256, help="segments queued per handler before drops")
+    lv.add_argument("--queue", type=_positive, default=256, help="segments queued per handler before drops")
     lv.add_argument("--duration", type=float, help="stop after this many seconds")
 
     b = sub.add_parser("bench", help="parse and dispatch speed beside scapy, dpkt and tshark")
-    b.add_argument("--packets", type=int, default=200_000)
+    b.add_argument("--packets", type=_positive, default=200_000)
     b.add_argument("--capture", help="use this capture instead of a generated one")
-    b.add_argument("--repeat", type=int, default=1, metavar="N",
+    b.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="time every row N times and keep the fastest (shared machines vary)")
     return p
 
