@@ -75,7 +75,7 @@ from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
 from demux.wire import flag_string, parse
 
-_INF = float("inf")
+_UNTIL_MAX_S = 9.0e9        # past this a timer's nanoseconds would not fit an int64: never
 _INT64_MAX = (1 << 63) - 1
 # Packets this close before a scenario event's time go to the kernel, which decides
 # with exact float arithmetic whether the event is due.
@@ -436,7 +436,7 @@ class BatchEngine:
                         fm[b + _nb.F_VAL] = val
                         # Packets this close to the timer go to the kernel, which decides
                         # with exact float arithmetic whether the entry is gone.
-                        fm[b + _nb.F_UNTIL] = (_INT64_MAX if until == _INF else
+                        fm[b + _nb.F_UNTIL] = (_INT64_MAX if until > _UNTIL_MAX_S else
                                                int(until * 1e9) - _EVENT_MARGIN_NS)
                         if moves:
                             if conns is None:
@@ -589,7 +589,11 @@ class BatchEngine:
         bound = k * (self.max_tpl + self.max_suf + 120) + len(sa)
         out = self._outbuf(bound)
         C = self.C
-        args = (C.copy() if self.workers > 1 else C, k, out, self.tarena.buf, self.ftpl.copy() if self.workers > 1 else self.ftpl,
+        # The writer may still read this chunk when the next is replayed: the columns
+        # are copied (their array goes back to the pool). The template tables are not:
+        # a slot is only written while empty, and is emptied, like a verdict id is
+        # freed, only after the writer has drained.
+        args = (C.copy() if self.workers > 1 else C, k, out, self.tarena.buf, self.ftpl,
                 self.varena.buf, self.vsuf, self.flagtpl, sa, self.slow_off[:k].copy(), self.slow_len[:k].copy(),
                 self.slow_tpl[:k].copy())
         self.sarena = bytearray()
