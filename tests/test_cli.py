@@ -162,6 +162,8 @@ def test_cli_starts_without_heavy_imports():
     (["live", "--tun", "t0"], "demux live: error: the following arguments are required: -s/--scenario"),
     (["nosuch"], "demux: error: argument COMMAND: invalid choice: 'nosuch'"),
     ([], "demux: error: the following arguments are required: COMMAND"),
+    (["replay", SCAN, "--workers", "0"], "demux replay: error: argument --workers: must be at least 1, got 0"),
+    (["bench", "--repeat", "-2"], "demux bench: error: argument --repeat: must be at least 1, got -2"),
 ])
 def test_usage_errors_are_one_line(args, needle):
     r = demux(*args)
