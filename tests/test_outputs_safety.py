@@ -295,3 +295,10 @@ def test_a_pid_no_linux_has_is_refused_before_any_output(tmp_path):
     r = demux("replay", SCAN, "-s", str(sc), "--summary", "--annotate", str(tmp_path / "a.pcapng"))
     assert r.returncode == 2 and "pid must be within" in r.stderr.decode() and r.stderr.count(b"\n") == 1
     assert not (tmp_path / "a.pcapng").exists()
+
+
+def test_annotate_to_stdout_is_refused(tmp_path):
+    # Standard output carries the records: a pcapng there would be interleaved with them.
+    r = demux("replay", SCAN, "-s", SCAN_TOML, "--annotate", "-")
+    assert r.returncode == 2 and r.stdout == b"" and r.stderr.count(b"\n") == 1
+    assert b"--annotate -" in r.stderr

@@ -35,6 +35,10 @@ def run(args) -> int:
     if args.scenario:
         outputs.protect(args.scenario, what="the scenario")
     # Refused before the scenario is inferred or anything read; SplitSink checks the rest.
+    if args.annotate == "-":
+        # The records (or the summary) go to standard output: a pcapng there would be
+        # interleaved with them.
+        raise DemuxError("--annotate -: standard output carries the records; name a file for the pcapng")
     if args.annotate:
         outputs.reserve(args.annotate, "--annotate")
     if args.split:
@@ -128,7 +132,7 @@ def _run(args, capture, outputs) -> int:
                     # asked for still get the whole capture; without any, stop as Unix
                     # tools do. Only the stdout sink (first in `writes`) can raise this,
                     # so the record it failed on has not reached the files yet.
-                    if shown is None or not files or args.annotate == "-":
+                    if shown is None or not files:
                         raise
                     _silence_stdout()
                     shown = None
