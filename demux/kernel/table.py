@@ -744,7 +744,9 @@ class Kernel:
         ``until`` (absolute seconds; a timer ends the entry then). The last item says
         whether they move ``rcv_nxt`` and the newest timestamp, the only thing such a
         segment updates (kept for TIME-WAIT's reopening test). None: any segment may
-        change something. The paths this summarises, which use ``steady_verdict`` too:
+        change something. The paths this summarises, which use ``steady_verdict`` (the
+        straight paths build the open-connection verdict inline: it is the hot path;
+        tests/test_batch.py holds the cache to them packet for packet):
 
         - a plain segment (no SYN, FIN, RST) on ESTAB or CLOSE-WAIT with no FIN of ours
           outstanding: ``_tcp_in``/``_tcp_out``'s straight path;

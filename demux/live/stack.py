@@ -199,7 +199,7 @@ class Stack:
         flags = p.flags
         if flags & RST:
             return []
-        if flags & SYN and not flags & ACK:
+        if flags & SYN and not flags & (ACK | FIN):      # TCP_LISTEN discards a SYN with FIN
             mss = self._peer_mss(p)
             if cookie or (backlog is not None and self.half_open.get(listener, 0) >= max(backlog, 1)):
                 # inet_csk_reqsk_queue_is_full -> tcp_syn_flood_action: a cookie, no state.
