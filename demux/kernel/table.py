@@ -96,7 +96,7 @@ class Conn:
     """A TCP connection in the established hash: request socket, full socket or TIME-WAIT."""
 
     __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
-                 "expire", "rcv_nxt", "tsval", "reason", "desc", "queued")
+                 "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued")
 
     def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
         self.key = key
@@ -109,6 +109,7 @@ class Conn:
         self.fin_out = None           # the ACK number that acknowledges our FIN
         self.expire = 0.0             # absolute time a SYN-RECV or TIME-WAIT entry ends
         self.rcv_nxt = 0
+        self.rcv_start = None         # the peer's first sequence number after its SYN, when seen
         self.tsval = None
         self.reason = reason
         self.desc = None
@@ -859,7 +860,8 @@ class Kernel:
                                l.proc, l.fd, l.describe(), ts.LISTEN)
             c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
             c.expire = now + ts.SYN_RECV_SECONDS
-            c.rcv_nxt = (p.seq + 1 + p.payload_len) & 0xFFFFFFFF
+            c.rcv_start = (p.seq + 1) & 0xFFFFFFFF
+            c.rcv_nxt = (c.rcv_start + p.payload_len) & 0xFFFFFFFF
             c.tsval = p.tsval
             self.est[key] = c
             self._arm(c)
@@ -881,6 +883,7 @@ class Kernel:
                                "is dropped", l.proc, l.fd, l.describe(), ts.LISTEN)
             c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd,
                      f"SYN cookie checked on the final ACK; listener {l.local()}", listener=l)
+            c.rcv_start = p.seq           # the final ACK carries the peer's first sequence after its SYN
             self.est[key] = c
             return self._conn_in(c, p, now, steps)
         if not flags & (ACK | SYN):
@@ -1086,7 +1089,7 @@ class Kernel:
                 reason = "SYN-ACK of a request socket whose SYN is not in the capture; " + reason
                 c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
                 c.expire = now + ts.SYN_RECV_SECONDS
-                c.rcv_nxt = p.ack
+                c.rcv_nxt = c.rcv_start = p.ack
                 self.est[key] = c
                 self._arm(c)
                 return Verdict("outbound", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)

@@ -55,11 +55,13 @@ def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto
 
 
 def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, processes=False,
-         extended=False, recvq=None):
+         extended=False):
     """Rows of ss's columns, as lists of strings, in ss's order (TCP before UDP).
 
-    ``recvq`` maps a connection's 4-tuple to the bytes it has received; only a
-    connection still in an accept queue (which no process has read) shows them."""
+    Recv-Q of a connection is tcp_diag_get_info's ``rcv_nxt - copied_seq``. Only one
+    still in an accept queue shows bytes: no process has read it, so ``copied_seq`` is
+    still where the peer's data began (the bytes received since its SYN, plus one for
+    a FIN, which moves ``rcv_nxt`` too); demux does not model reads by a process."""
     out = []
     for proto, state, laddr, lport, peer, proc, fd, obj in kernel.rows():
         if proto == "tcp" and not tcp or proto == "udp" and not udp:
@@ -72,8 +74,8 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
         rq, sq = 0, 0
         if state == "LISTEN":
             rq, sq = obj.queued, obj.backlog
-        elif recvq and isinstance(obj, Conn) and obj.queued:
-            rq = recvq.get(obj.key, 0)
+        elif isinstance(obj, Conn) and obj.queued and obj.rcv_start is not None:
+            rq = (obj.rcv_nxt - obj.rcv_start) & 0xFFFFFFFF
         listener = getattr(obj, "listener", None)
         if listener is not None and listener.family == 6 and len(laddr) == 4:
             # An IPv4 connection accepted by an AF_INET6 socket is v4-mapped in ss.
@@ -106,10 +108,10 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
 
 
 def render(kernel, tcp=False, udp=False, listening=False, all_=False, numeric=False,
-           processes=False, extended=False, recvq=None) -> str:
+           processes=False, extended=False) -> str:
     if not tcp and not udp:
         tcp = udp = True
-    table = rows(kernel, tcp, udp, listening, all_, numeric, processes, extended, recvq)
+    table = rows(kernel, tcp, udp, listening, all_, numeric, processes, extended)
     # misc/ss.c disables the Netid column when one table is shown, and the State column
     # when the state mask has a single bit: only for -u alone, whose default is
     # ESTABLISHED (-l has two bits, -a all, TCP's SS_CONN many).
