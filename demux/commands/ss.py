@@ -13,6 +13,7 @@ from demux.errors import DemuxError
 from demux.kernel import Kernel
 from demux.render.ss import render
 
+
 def run(args) -> int:
     if args.at is not None and not args.capture:
         raise DemuxError("--at needs --capture")
