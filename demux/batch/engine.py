@@ -4,7 +4,8 @@ Theory of operation. A verdict depends on the packet's flow and on the phase the
 in; within a phase, packet after packet of a flow gets the same verdict. So:
 
 1. ``_nb.walk`` cuts the capture into frame columns, a chunk at a time (memory stays
-   one read buffer plus one chunk of columns, whatever the capture's length);
+   one read buffer plus one chunk of columns, three of each with two workers, whatever
+   the capture's length);
 2. ``_nb.parse`` reads the common headers into columns; anything unusual (fragments,
    ICMP, IP options, IPv6 extension headers, bad lengths, non-IP) is marked SLOW;
 3. ``_nb.run`` walks the chunk in capture order. A packet copies its flow's cached

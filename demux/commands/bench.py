@@ -65,7 +65,7 @@ def ours_batch_parse(path: str) -> int:
     import numpy as np
 
     from demux.batch import _nb
-    K = 1 << 16
+    K = 1 << 13                   # the batch engine's chunk
     C = np.zeros((K, _nb.NCOL), np.int64)
     data = np.fromfile(path, np.uint8)
     ifs = np.zeros((1, 7), np.int64)
