@@ -278,8 +278,14 @@ def test_F12_A8_time_wait_drops_old_segments_and_reopens_on_higher_syn():
     out = seg(*s, *c, flags="F.", seq=5001, ack=101)
     assert k.output(out, 0.2).state == "FIN-WAIT-1"
     assert k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3).state == "TIME-WAIT"
+    # A bare ACK in window restarts the timer unanswered; one out of window gets an ACK
+    # (the real kernel's answers: tests/test_tcp_flags_real.py).
     v = k.input(seg(*c, *s, flags=".", seq=102, ack=5002), 1.0)
+    assert (v.verdict, v.reply) == ("drop", None) and "nothing is sent" in v.reason
+    assert k.est[(pack("10.9.0.1"), 80, pack("10.9.0.2"), 5000)].expire == 61.0
+    v = k.input(seg(*c, *s, flags=".", seq=9000, ack=5002), 1.5)
     assert (v.verdict, v.reply) == ("drop", None) and "answered with an ACK" in v.reason
+    assert v.reason.startswith("segment for TIME-WAIT 10.9.0.1:80 10.9.0.2:5000")
     v = k.input(seg(*c, *s, flags="S", seq=50), 2.0)
     assert v.verdict == "drop"
     v = k.input(seg(*c, *s, flags="S", seq=100000), 3.0)

@@ -147,3 +147,97 @@ def test_probes_without_a_connection(lab, tmp_path):
     answered = {PROBES[sp - 20000] for sp in rst_to}
     assert answered == {(80, "SA")} | {(81, fl) for fl in ("", "F", "FPU", "SF", "SA", "P")}
     assert {PROBES[sp - 20000] for sp in synack_to} == {(80, "S")}
+
+
+SERVER_CLOSES_FIRST = f"""
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{HOST}", 80))
+s.listen(4)
+print("ready", flush=True)
+c, _ = s.accept()
+c.close()              # our FIN first: this side ends in TIME-WAIT
+time.sleep(60)
+"""
+CLIENT = f"""
+import socket
+c = socket.create_connection(("{HOST}", 80), timeout=5)
+print(c.getsockname()[1], flush=True)
+while c.recv(100):
+    pass
+c.close()
+"""
+
+
+def _mac(ns, dev):
+    out = _ip("-n", ns, "-o", "link", "show", dev).stdout
+    return out.split("link/ether ")[1].split()[0]
+
+
+def test_time_wait_answers(lab, tmp_path):
+    # tcp_timewait_state_process: a bare ACK in window restarts the timer and is not
+    # answered; an ACK out of window is answered with an ACK; a RST out of window is
+    # ignored (the TIME-WAIT socket stays: the next stray ACK is still answered).
+    h, p, procs = lab
+    deadline = time.monotonic() + 40
+    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", SERVER_CLOSES_FIRST],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(srv)
+    _wait_line(srv, "ready", deadline)
+    pcap = tmp_path / "tw.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
+                             "--immediate-mode", "-w", str(pcap), "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(dump)
+    _wait_line(dump, "listening", deadline)
+    cport = int(subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", CLIENT], check=True,
+                               capture_output=True, text=True, timeout=20).stdout)
+    time.sleep(0.3)
+    seen = []
+    with open_capture(str(pcap)) as r:
+        for f in r:
+            seen.append(parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len))
+    peer_fin = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x01)
+    host_fin = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x01)
+    rcv_nxt, snd_nxt = (peer_fin.seq + 1) & 0xFFFFFFFF, (host_fin.seq + 1) & 0xFFFFFFFF
+    # The peer's kernel must not answer the host's replies (a RST would end the
+    # TIME-WAIT): it stops owning its address; the probes leave at the link layer.
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    probes = [("A", 0), ("A", 5000), ("R", 7000), ("A", 9000)]        # flags, seq past rcv_nxt
+    pkts = ", ".join(f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')/"
+                     f"TCP(sport={cport}, dport=80, flags='{fl}', seq={(rcv_nxt + off) & 0xFFFFFFFF}, "
+                     f"ack={snd_nxt if fl == 'A' else 0})" for fl, off in probes)
+    code = ("from scapy.all import Ether, IP, TCP, sendp\nimport time\n"
+            f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.7)\n")
+    sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
+                          capture_output=True, text=True)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    time.sleep(0.3)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(timeout=10)
+
+    frames = []
+    with open_capture(str(pcap)) as r:
+        for f in r:
+            frames.append(f)
+    pkts_all = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
+    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > peer_fin.ts + 0.2]
+    assert len(probe_at) == len(probes), "tcpdump missed a probe"
+    answered = []
+    for j, i in enumerate(probe_at):
+        end = probe_at[j + 1] if j + 1 < len(probe_at) else len(pkts_all)
+        answered.append([pk.flags for pk in pkts_all[i + 1:end] if pk.dport == cport])
+    # The kernel: in-window bare ACK unanswered, out-of-window ACK answered with an ACK,
+    # out-of-window RST ignored, and the TIME-WAIT still there to ACK the last probe.
+    assert answered == [[], [0x10], [], [0x10]], answered
+
+    sc = scen.loads(SCENARIO.replace(", listen = true", ", listen = true, accept = true"))
+    eng = Engine(sc, 0)
+    recs = [eng.feed(f) for f in frames]
+    got = [(recs[i].v.verdict, recs[i].v.state) for i in probe_at]
+    assert got == [("drop", "TIME-WAIT")] * 4, [(recs[i].v.verdict, recs[i].v.reason) for i in probe_at]
+    reasons = [recs[i].v.reason for i in probe_at]
+    assert "nothing is sent" in reasons[0] and "answered with an ACK" in reasons[1]
+    assert "ignored" in reasons[2] and "answered with an ACK" in reasons[3]

@@ -20,7 +20,7 @@ tests/test_batch.py hold them to the reference, packet for packet):
 - TCP: the segments ``Kernel.steady`` names for the connection the established hash
   holds for the flow (in the kernel, beside the paths it summarises): plain segments on
   ESTAB/CLOSE-WAIT with no FIN of ours outstanding, a request socket's SYN-ACK out and
-  retransmitted SYN in, plain segments on TIME-WAIT; each before the entry's timer (a
+  retransmitted SYN in, plain segments out of TIME-WAIT; each before the entry's timer (a
   margin before it: the kernel decides those with its own float arithmetic). Their
   verdict is ``Kernel.steady_verdict``. The only thing such a segment changes is
   ``rcv_nxt`` and the newest timestamp of an open connection (read later by

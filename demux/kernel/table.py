@@ -753,8 +753,8 @@ class Kernel:
           outstanding: ``_tcp_in``/``_tcp_out``'s straight path;
         - a request socket (SYN-RECV): a retransmitted SYN in is answered again
           (``_conn_in``), and a SYN-ACK out is its answer (``_conn_out``);
-        - TIME-WAIT: a plain segment in is answered with an ACK and dropped, one out is
-          the TIME-WAIT socket's (``tcp_timewait_state_process``)."""
+        - TIME-WAIT: a plain segment out is the TIME-WAIT socket's (one in restarts the
+          timer, ``tcp_timewait_state_process``)."""
         st = c.state
         if st in _QUIET:
             if c.expire or c.fin_out is not None:
@@ -764,7 +764,8 @@ class Kernel:
             return None
         if st == ts.SYN_RECV:
             return (SYN, SYN, c.expire, False) if direction == "out" else (SYN | ACK | RST, SYN, c.expire, False)
-        if st == ts.TIME_WAIT:
+        if st == ts.TIME_WAIT and direction == "out":
+            # (a segment in restarts the timer: inet_twsk_reschedule)
             return _SYN_FIN_RST, 0, c.expire, False
         return None
 
@@ -784,10 +785,15 @@ class Kernel:
             if direction == "out":
                 return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
                                socket=c.describe(), state=ts.TIME_WAIT)
-            return Verdict("drop", f"segment for TIME-WAIT {c.describe()[4:]}: answered with an ACK "
+            return Verdict("drop", f"segment for {c.describe()[4:]}: answered with an ACK "
                                    "and dropped (tcp_timewait_state_process)",
                            socket=c.describe(), state=ts.TIME_WAIT)
         return Verdict("deliver" if direction == "in" else "outbound", c.reason, c.proc, c.fd, c.describe(), st)
+
+    def _tw_reschedule(self, c: Conn, now: float) -> None:
+        """``inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)``: the TIME-WAIT timer starts over."""
+        c.expire = now + ts.TIME_WAIT_SECONDS
+        self._arm(c)
 
     def _tcp_in(self, p, now, steps) -> Verdict:
         key = (p.dst, p.dport, p.src, p.sport)
@@ -811,7 +817,20 @@ class Kernel:
                 steps.append(f"established hash: exact 4-tuple hit: {c.describe()}")
             if c.state != ts.TIME_WAIT:
                 return self._conn_in(c, p, now, steps)
-            # tcp_timewait_state_process
+            # tcp_timewait_state_process. PAWS: with timestamps on both sides, a segment
+            # with an older TSval than the last one seen is rejected.
+            paws_reject = p.tsval is not None and c.tsval is not None and _seq_after(c.tsval, p.tsval)
+            if (not paws_reject and p.seq == c.rcv_nxt
+                    and (flags & RST or not p.payload_len and not flags & (SYN | FIN))):
+                # "In window segment, it may be only reset or bare ack."
+                if flags & RST:
+                    self._drop_conn(c)
+                    return Verdict("drop", "RST ends the TIME-WAIT socket (net.ipv4.tcp_rfc1337=0)",
+                                   socket=c.describe(), state=ts.CLOSE)
+                self._tw_reschedule(c, now)
+                return Verdict("drop", f"bare ACK in window for {c.describe()[4:]}: the 60 s timer "
+                               "restarts, nothing is sent (tcp_timewait_state_process)",
+                               socket=c.describe(), state=ts.TIME_WAIT)
             # With timestamps on both sides only a newer TSval reopens; else a higher seq.
             newer = (_seq_after(p.tsval, c.tsval) if p.tsval is not None and c.tsval is not None
                      else _seq_after(p.seq, c.rcv_nxt))
@@ -822,10 +841,11 @@ class Kernel:
                     steps.append("TIME-WAIT: SYN with a higher sequence number: TCP_TW_SYN, "
                                  "the lookup goes on to the listeners")
             elif flags & RST:
-                self._drop_conn(c)
-                return Verdict("drop", "RST ends the TIME-WAIT socket (net.ipv4.tcp_rfc1337=0)",
-                               socket=c.describe(), state=ts.CLOSE)
+                return Verdict("drop", f"RST out of window for {c.describe()[4:]}: ignored "
+                               "(tcp_timewait_state_process)", socket=c.describe(), state=ts.TIME_WAIT)
             else:
+                if paws_reject or flags & ACK:
+                    self._tw_reschedule(c, now)
                 return self.steady_verdict(c, "in")
         elif steps is not None:
             steps.append("established hash: no entry for this 4-tuple")
