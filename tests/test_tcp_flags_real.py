@@ -241,3 +241,67 @@ def test_time_wait_answers(lab, tmp_path):
     reasons = [recs[i].v.reason for i in probe_at]
     assert "nothing is sent" in reasons[0] and "answered with an ACK" in reasons[1]
     assert "ignored" in reasons[2] and "answered with an ACK" in reasons[3]
+
+
+HOLDING_CLIENT = f"""
+import socket, time
+c = socket.create_connection(("{HOST}", 80), timeout=5)
+print(c.getsockname()[1], flush=True)
+time.sleep(30)
+"""
+
+
+def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
+    # tcp_rcv_established: "if (!th->ack && !th->rst && !th->syn) goto discard". Data
+    # without ACK on an open connection is dropped unanswered; with ACK it is taken and
+    # acknowledged.
+    h, p, procs = lab
+    deadline = time.monotonic() + 40
+    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", LISTENER],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(srv)
+    _wait_line(srv, "ready", deadline)
+    pcap = tmp_path / "est.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
+                             "--immediate-mode", "-w", str(pcap), "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(dump)
+    _wait_line(dump, "listening", deadline)
+    cli = subprocess.Popen(["ip", "netns", "exec", p, sys.executable, "-c", HOLDING_CLIENT],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(cli)
+    fd = cli.stdout.fileno()
+    ready, _, _ = select.select([fd], [], [], 10)
+    assert ready, "the client did not connect"
+    cport = int(os.read(fd, 100))
+    time.sleep(0.3)
+    with open_capture(str(pcap)) as r:
+        seen = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in r]
+    syn = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x02)
+    synack = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x12 == 0x12)
+    rcv_nxt, snd_nxt = (syn.seq + 1) & 0xFFFFFFFF, (synack.seq + 1) & 0xFFFFFFFF
+    probes = [("P", 0), ("PA", snd_nxt)]
+    pkts = ", ".join(f"IP(src='{PEER}', dst='{HOST}')/TCP(sport={cport}, dport=80, flags='{fl}', "
+                     f"seq={rcv_nxt}, ack={ack})/Raw(b'hello')" for fl, ack in probes)
+    code = ("from scapy.all import IP, TCP, Raw, send\nimport time\n"
+            f"for pkt in [{pkts}]:\n    send(pkt, verbose=0)\n    time.sleep(0.5)\n")
+    sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
+                          capture_output=True, text=True)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    time.sleep(0.3)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(timeout=10)
+
+    with open_capture(str(pcap)) as r:
+        frames = list(r)
+    pkts_all = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
+    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.payload_len == 5]
+    assert len(probe_at) == 2, "tcpdump missed a probe"
+    answered = [[pk.flags for pk in pkts_all[i + 1:(probe_at + [len(pkts_all)])[j + 1]] if pk.dport == cport]
+                for j, i in enumerate(probe_at)]
+    assert answered[0] == [] and answered[1] and all(f & 0x10 for f in answered[1]), answered
+
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    got = [(recs[i].v.verdict, recs[i].v.state) for i in probe_at]
+    assert got == [("drop", "ESTAB"), ("deliver", "ESTAB")], [recs[i].v.reason for i in probe_at]

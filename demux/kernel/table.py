@@ -27,6 +27,7 @@ from demux.wire.packet import flag_string
 
 SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
 _SYN_FIN_RST = SYN | FIN | RST
+_SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
@@ -749,8 +750,9 @@ class Kernel:
         straight paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
 
-        - a plain segment (no SYN, FIN, RST) on ESTAB or CLOSE-WAIT with no FIN of ours
-          outstanding: ``_tcp_in``/``_tcp_out``'s straight path;
+        - a plain segment (no SYN, FIN, RST; with ACK when it comes in) on ESTAB or
+          CLOSE-WAIT with no FIN of ours outstanding: ``_tcp_in``/``_tcp_out``'s
+          straight path;
         - a request socket (SYN-RECV): a retransmitted SYN in is answered again
           (``_conn_in``), and a SYN-ACK out is its answer (``_conn_out``);
         - TIME-WAIT: a plain segment out is the TIME-WAIT socket's (one in restarts the
@@ -759,7 +761,9 @@ class Kernel:
         if st in _QUIET:
             if c.expire or c.fin_out is not None:
                 return None
-            return _SYN_FIN_RST, 0, _INF, direction == "in"
+            if direction == "in":
+                return _SYN_FIN_RST_ACK, ACK, _INF, True       # (without ACK: discarded, _conn_in)
+            return _SYN_FIN_RST, 0, _INF, False
         if not c.expire:
             return None
         if st == ts.SYN_RECV:
@@ -799,7 +803,7 @@ class Kernel:
         key = (p.dst, p.dport, p.src, p.sport)
         flags = p.flags
         c = self.est.get(key)
-        if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
+        if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state in _QUIET and steps is None):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour).
@@ -1017,6 +1021,11 @@ class Kernel:
 
     def _conn_in(self, c: Conn, p, now, steps) -> Verdict:
         flags = p.flags
+        if not flags & (ACK | SYN | RST):
+            # tcp_rcv_state_process / tcp_rcv_established: "if (!th->ack && !th->rst &&
+            # !th->syn) goto discard" (a request socket's tcp_check_req likewise).
+            return Verdict("drop", f"segment without ACK ({flag_string(flags)}) for {c.describe()[4:]}: "
+                           "discarded (tcp_rcv_state_process)", c.proc, c.fd, c.describe(), c.state)
         ev = self._event(flags, p.ack, c)
         end = (p.seq + p.payload_len + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
         if c.state == ts.SYN_RECV:
