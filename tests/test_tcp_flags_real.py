@@ -1,11 +1,16 @@
-"""Segments that no connection sends, against the real kernel: null, FIN, Xmas, SYN+FIN,
-SYN-ACK and PSH probes (what port scanners send), to a listening port and a closed one.
+"""Segments that no connection sends, or sends out of turn, against the real kernel.
 
-The rules (tcp_rcv_state_process, TCP_LISTEN): a listener discards a segment without
-ACK, SYN and RST and a SYN with FIN, and answers RST to one with ACK; with no socket the
-kernel answers RST to anything but a RST. demux must say ``reply: rst`` exactly where
-the kernel sent one. The probes leave a fresh namespace with scapy, tcpdump records the
-host's side, and the capture is replayed.
+- Null, FIN, Xmas, SYN+FIN, SYN-ACK, PSH and RST probes (what port scanners send) to a
+  listening port and a closed one (tcp_rcv_state_process, TCP_LISTEN: a listener
+  discards a segment without ACK, SYN and RST and a SYN with FIN, and answers RST to
+  one with ACK; with no socket the kernel answers RST to anything but a RST).
+- Segments to a TIME-WAIT socket (tcp_timewait_state_process: a bare ACK in window is
+  not answered, one out of window is, a RST out of window is ignored).
+- Data without ACK on an open connection (tcp_rcv_established discards it).
+
+demux must say ``reply: rst`` exactly where the kernel sent one, and drop or deliver as
+it did. The probes leave a fresh namespace with scapy, tcpdump records the host's side,
+and the capture is replayed.
 """
 
 from __future__ import annotations
