@@ -257,9 +257,11 @@ time.sleep(30)
 
 
 def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
-    # tcp_rcv_established: "if (!th->ack && !th->rst && !th->syn) goto discard". Data
+    # tcp_rcv_established: "if (!th->ack && !th->rst && !th->syn) goto discard": data
     # without ACK on an open connection is dropped unanswered; with ACK it is taken and
-    # acknowledged.
+    # acknowledged. tcp_validate_incoming (RFC 5961): a SYN is answered with a challenge
+    # ACK and discarded, a RST resets only at exactly rcv_nxt (in window otherwise: a
+    # challenge ACK).
     h, p, procs = lab
     deadline = time.monotonic() + 40
     srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", LISTENER],
@@ -285,11 +287,18 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     syn = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x02)
     synack = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x12 == 0x12)
     rcv_nxt, snd_nxt = (syn.seq + 1) & 0xFFFFFFFF, (synack.seq + 1) & 0xFFFFFFFF
-    probes = [("P", 0), ("PA", snd_nxt)]
-    pkts = ", ".join(f"IP(src='{PEER}', dst='{HOST}')/TCP(sport={cport}, dport=80, flags='{fl}', "
-                     f"seq={rcv_nxt}, ack={ack})/Raw(b'hello')" for fl, ack in probes)
-    code = ("from scapy.all import IP, TCP, Raw, send\nimport time\n"
-            f"for pkt in [{pkts}]:\n    send(pkt, verbose=0)\n    time.sleep(0.5)\n")
+    # The peer's kernel must not answer the host's replies (its socket would take the
+    # challenge ACKs): it stops owning its address; the probes leave at the link layer.
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    m = 0xFFFFFFFF
+    probes = [("P", rcv_nxt, 0, 5), ("PA", rcv_nxt, snd_nxt, 5), ("S", (rcv_nxt + 105) & m, 0, 0),
+              ("R", (rcv_nxt + 6) & m, 0, 0), ("R", (rcv_nxt + 5) & m, 0, 0)]
+    pkts = ", ".join(f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')/"
+                     f"TCP(sport={cport}, dport=80, flags='{fl}', seq={seq}, ack={ack})"
+                     + ("/Raw(b'hello')" if n else "") for fl, seq, ack, n in probes)
+    code = ("from scapy.all import Ether, IP, TCP, Raw, sendp\nimport time\n"
+            f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.6)\n")
     sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
                           capture_output=True, text=True)
     assert sent.returncode == 0, sent.stderr[-2000:]
@@ -300,13 +309,15 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     with open_capture(str(pcap)) as r:
         frames = list(r)
     pkts_all = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
-    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.payload_len == 5]
-    assert len(probe_at) == 2, "tcpdump missed a probe"
+    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > synack.ts + 0.2]
+    assert len(probe_at) == len(probes), "tcpdump missed a probe"
     answered = [[pk.flags for pk in pkts_all[i + 1:(probe_at + [len(pkts_all)])[j + 1]] if pk.dport == cport]
                 for j, i in enumerate(probe_at)]
-    assert answered[0] == [] and answered[1] and all(f & 0x10 for f in answered[1]), answered
+    # The kernel: nothing; an ACK of the data; a challenge ACK; a challenge ACK; nothing.
+    assert [[f & 0x17 for f in a] for a in answered] == [[], [0x10], [0x10], [0x10], []], answered
 
     eng = Engine(scen.loads(SCENARIO), 0)
     recs = [eng.feed(f) for f in frames]
     got = [(recs[i].v.verdict, recs[i].v.state) for i in probe_at]
-    assert got == [("drop", "ESTAB"), ("deliver", "ESTAB")], [recs[i].v.reason for i in probe_at]
+    assert got == [("drop", "ESTAB"), ("deliver", "ESTAB"), ("drop", "ESTAB"), ("drop", "ESTAB"),
+                   ("deliver", "CLOSE")], [recs[i].v.reason for i in probe_at]

@@ -30,6 +30,7 @@ _SYN_FIN_RST = SYN | FIN | RST
 _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
+_UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
 
 
@@ -1026,6 +1027,18 @@ class Kernel:
             # !th->syn) goto discard" (a request socket's tcp_check_req likewise).
             return Verdict("drop", f"segment without ACK ({flag_string(flags)}) for {c.describe()[4:]}: "
                            "discarded (tcp_rcv_state_process)", c.proc, c.fd, c.describe(), c.state)
+        if c.state not in _UNSYNCHRONIZED and c.rcv_nxt:
+            # tcp_validate_incoming (RFC 5961): in a synchronized state a SYN is answered
+            # with a challenge ACK and discarded; a RST resets only at exactly rcv_nxt
+            # (in the window otherwise: a challenge ACK; outside it: ignored).
+            if flags & RST and p.seq != c.rcv_nxt:
+                return Verdict("drop", f"RST at sequence {p.seq}, not rcv_nxt {c.rcv_nxt}, for "
+                               f"{c.describe()[4:]}: no reset; a challenge ACK if it is in the window "
+                               "(tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(), c.state)
+            if flags & SYN and not flags & RST:
+                return Verdict("drop", f"SYN on {c.describe()[4:]}: answered with a challenge ACK and "
+                               "discarded (tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(),
+                               c.state)
         ev = self._event(flags, p.ack, c)
         end = (p.seq + p.payload_len + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
         if c.state == ts.SYN_RECV:
