@@ -471,3 +471,21 @@ def test_B5_icmp_rate_limit_is_a_token_bucket_per_peer():
     assert not k._icmp_allowed(b, 100.5) and k._icmp_allowed(b, 101.1) and not k._icmp_allowed(b, 101.2)
     assert k.icmp_ratelimited == 4
     assert all(k._icmp_allowed(pack("127.0.0.1"), 100.0) for _ in range(20))   # loopback: never
+
+
+def test_open_connection_validates_segments():
+    # tcp_rcv_established / tcp_validate_incoming (RFC 5961); the real kernel's answers
+    # are in tests/test_tcp_flags_real.py.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+    k.input(seg(*c, *s, seq=100), 0.0)
+    assert k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1).state == "ESTAB"
+    v = k.input(seg(*c, *s, flags="P", seq=101, plen=5), 0.2)
+    assert (v.verdict, v.state) == ("drop", "ESTAB") and "without ACK" in v.reason
+    assert k.input(seg(*c, *s, flags="P.", seq=101, ack=5001, plen=5), 0.3).verdict == "deliver"
+    v = k.input(seg(*c, *s, flags="S", seq=500), 0.4)
+    assert (v.verdict, v.state) == ("drop", "ESTAB") and "challenge ACK" in v.reason
+    v = k.input(seg(*c, *s, flags="R", seq=107), 0.5)
+    assert (v.verdict, v.state) == ("drop", "ESTAB") and "not rcv_nxt 106" in v.reason
+    v = k.input(seg(*c, *s, flags="R", seq=106), 0.6)
+    assert (v.verdict, v.state) == ("deliver", "CLOSE")
