@@ -330,7 +330,7 @@ def build(rows: list[Row], source: str, notes: list[str] | None = None,
             p = procs[key]
             by_proto[r.proto].append(key)
             spec = SocketSpec(proto=r.proto, bind=r.local, listen=r.state == "LISTEN",
-                              connect=r.peer,
+                              connect=r.peer, owner_shown=u is not None,
                               device=r.device, fd=fd,
                               reuseaddr=bool(r.reuseaddr), reuseport=bool(r.reuseport),
                               v6only=r.v6only if r.local.family == 6 else None)

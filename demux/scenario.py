@@ -75,6 +75,10 @@ class SocketSpec:
     at: float | None = None
     close_at: float | None = None
     comment: str | None = None
+    # False for a socket read from a table that showed no owner (snapshot without root,
+    # ss without -p): it gets a stand-in process, which `demux ss -p` does not print.
+    # Not part of the file format.
+    owner_shown: bool = True
 
     @property
     def family(self) -> int:

@@ -207,3 +207,21 @@ def test_round_trip_cli(tmp_path):
     again = subprocess.run([sys.executable, "-m", "demux", "ss", "-tulnp", "-s", str(back)],
                            capture_output=True, text=True, check=True).stdout
     assert again == out
+
+
+def test_a_socket_shown_without_owner_stays_without_one_in_ss():
+    # ss without -p (or not root) shows no process; the scenario needs a stand-in owner,
+    # which `demux ss -p` must not print as if it were real.
+    from demux.importss import import_ss
+    from demux.kernel import Kernel
+    from demux.render.ss import render
+    text = ("Netid State  Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
+            'tcp   LISTEN 0      128          0.0.0.0:22        0.0.0.0:*    users:(("sshd",pid=812,fd=3))\n'
+            "tcp   LISTEN 0      511          0.0.0.0:80        0.0.0.0:*\n")
+    sc, _ = import_ss(text)
+    k = Kernel.from_scenario(sc, 0)
+    k.apply_all()
+    out = render(k, True, False, True, False, True, True)
+    line22 = next(l for l in out.splitlines() if ":22 " in l)
+    line80 = next(l for l in out.splitlines() if ":80 " in l)
+    assert 'users:(("sshd",pid=812,fd=3))' in line22 and "users:" not in line80

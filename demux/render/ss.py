@@ -96,8 +96,11 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
             # inet_req_diag_fill reports a request socket with inode 0 and uid 0: ss -p
             # finds no process holding it and -e prints no uid.
             proc = None
+        spec = getattr(obj, "spec", None)
+        # The table it came from showed no owner (a stand-in process holds it): no users.
+        owner = spec is None or spec.owner_shown
         extra = []
-        if processes and proc is not None and fd is not None:
+        if processes and owner and proc is not None and fd is not None:
             extra.append(f'users:(("{proc.name}",pid={proc.pid},fd={fd}))')
         if extended and proc is not None and proc.uid:
             extra.append(f"uid:{proc.uid}")
