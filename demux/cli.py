@@ -84,8 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--scenario")
     s.add_argument("-t", "--tcp", action="store_true")
     s.add_argument("-u", "--udp", action="store_true")
-    s.add_argument("-l", "--listening", action="store_true")
-    s.add_argument("-a", "--all", action="store_true")
+    # One state filter, the last of -l and -a given wins (iproute2's ss sets one
+    # filter per flag, each replacing the last: `-tlan` shows all, `-taln` listeners).
+    s.add_argument("-l", "--listening", dest="states", action="store_const", const="listening")
+    s.add_argument("-a", "--all", dest="states", action="store_const", const="all")
     s.add_argument("-n", "--numeric", action="store_true")
     s.add_argument("-p", "--processes", action="store_true")
     s.add_argument("-e", "--extended", action="store_true")

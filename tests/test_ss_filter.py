@@ -315,3 +315,17 @@ def test_state_filter_and_queues_match_real_ss(netns_available, tmp_path):
         seen = set(states(lab.run(lab.hns, ["ss", "-tuan"])))
     assert seen >= {"LISTEN", "UNCONN", "ESTAB", "TIME-WAIT", "CLOSE-WAIT", "SYN-RECV"}, seen
     assert not report, "\n".join(report)
+
+
+def test_the_last_of_a_and_l_wins():
+    # iproute2 keeps one state filter: -tlan shows everything, -taln only listeners.
+    import os
+    import subprocess
+    import sys
+    root = os.path.join(os.path.dirname(__file__), "..")
+    base = [sys.executable, "-m", "demux", "ss", "-s", "pcaps/http4.toml", "--capture", "pcaps/http4.pcap",
+            "--at", "0.5"]
+    every = subprocess.run(base + ["-tlan"], capture_output=True, text=True, cwd=root, timeout=60).stdout
+    listen = subprocess.run(base + ["-taln"], capture_output=True, text=True, cwd=root, timeout=60).stdout
+    assert "TIME-WAIT" in every and "LISTEN" in every
+    assert "TIME-WAIT" not in listen and "LISTEN" in listen

@@ -49,7 +49,8 @@ def run(args) -> int:
             sc, _ = snapshot()
         kernel = Kernel.from_scenario(sc, args.seed)
         kernel.apply_all()
-    sys.stdout.write(render(kernel, args.tcp, args.udp, args.listening, args.all, args.numeric,
+    sys.stdout.write(render(kernel, args.tcp, args.udp, args.states == "listening", args.states == "all",
+                            args.numeric,
                             args.processes, args.extended))
     if warning:
         print(f"demux ss: warning: {warning}", file=sys.stderr)

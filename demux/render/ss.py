@@ -22,8 +22,8 @@ def shown(proto: str, state: str, listening: bool, all_: bool) -> bool:
 
     misc/ss.c keeps one state mask: ``-a`` sets SS_ALL, ``-l`` sets
     ``(1 << SS_LISTEN) | (1 << SS_CLOSE)``, neither leaves each table's default
-    (SS_CONN). ss takes the last of ``-a``/``-l`` on its command line; argparse keeps
-    no order, so here ``-a`` wins, as in ``-tulnap``.
+    (SS_CONN). ss takes the last of ``-a``/``-l`` on its command line, and so does
+    demux's (one ``states`` option both set): at most one of the two is true here.
 
     A TCP socket that is bound but neither listening nor connected is TCP_CLOSE, yet
     the kernel dumps it only for the pseudo-state TCP_BOUND_INACTIVE
