@@ -97,35 +97,55 @@ def _wait_line(proc, want: str, deadline: float) -> None:
     raise AssertionError(f"no {want!r} from {proc.args}: {buf!r}")
 
 
-def test_probes_without_a_connection(lab, tmp_path):
-    h, p, procs = lab
-    deadline = time.monotonic() + 30
-    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", LISTENER],
+def _serve_and_record(h, procs, server_code: str, pcap, deadline: float):
+    """``server_code`` running in the host namespace (it prints "ready"), and tcpdump
+    recording the host's side of the link into ``pcap``; returns tcpdump."""
+    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", server_code],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(srv)
     _wait_line(srv, "ready", deadline)
-    pcap = tmp_path / "flags.pcap"
     dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
                              "--immediate-mode", "-w", str(pcap), "tcp"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(dump)
     _wait_line(dump, "listening", deadline)
+    return dump
+
+
+def _send(p, code: str) -> None:
+    """Run scapy ``code`` in the peer namespace."""
+    sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
+                          capture_output=True, text=True)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+
+
+def _stop(dump, settle: float) -> None:
+    time.sleep(settle)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(timeout=10)
+
+
+def _read(pcap):
+    """The capture's frames and their parsed packets."""
+    with open_capture(str(pcap)) as r:
+        frames = list(r)
+    return frames, [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
+
+
+def test_probes_without_a_connection(lab, tmp_path):
+    h, p, procs = lab
+    pcap = tmp_path / "flags.pcap"
+    dump = _serve_and_record(h, procs, LISTENER, pcap, time.monotonic() + 30)
     sends = ", ".join(f"IP(src='{PEER}', dst='{HOST}')/TCP(sport={20000 + i}, dport={port}, "
                       f"flags='{fl}', seq=1000, ack={5000 if 'A' in fl else 0})"
                       for i, (port, fl) in enumerate(PROBES))
     code = ("from scapy.all import IP, TCP, send\nimport time\n"
             f"for pkt in [{sends}]:\n    send(pkt, verbose=0)\n    time.sleep(0.05)\n")
-    subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], check=True, timeout=60,
-                   capture_output=True)
-    time.sleep(0.5)
-    dump.send_signal(signal.SIGINT)
-    dump.wait(timeout=10)
+    _send(p, code)
+    _stop(dump, 0.5)
 
     # What the kernel did: which probes got a RST back.
-    frames = []
-    with open_capture(str(pcap)) as r:
-        for f in r:
-            frames.append((f, parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len)))
+    frames = list(zip(*_read(pcap)))
     rst_to = {pk.dport for _, pk in frames if pk.sport in (80, 81) and pk.flags & 0x04}
     synack_to = {pk.dport for _, pk in frames if pk.sport in (80, 81) and pk.flags & 0x12 == 0x12}
     eng = Engine(scen.loads(SCENARIO), 0)
@@ -154,17 +174,8 @@ def test_probes_without_a_connection(lab, tmp_path):
     assert {PROBES[sp - 20000] for sp in synack_to} == {(80, "S")}
 
 
-SERVER_CLOSES_FIRST = f"""
-import socket, time
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("{HOST}", 80))
-s.listen(4)
-print("ready", flush=True)
-c, _ = s.accept()
-c.close()              # our FIN first: this side ends in TIME-WAIT
-time.sleep(60)
-"""
+# The listener, then: accept one connection and close it first (this side ends in TIME-WAIT).
+SERVER_CLOSES_FIRST = LISTENER.replace("time.sleep(60)", "c, _ = s.accept()\nc.close()\ntime.sleep(60)")
 CLIENT = f"""
 import socket
 c = socket.create_connection(("{HOST}", 80), timeout=5)
@@ -185,24 +196,12 @@ def test_time_wait_answers(lab, tmp_path):
     # answered; an ACK out of window is answered with an ACK; a RST out of window is
     # ignored (the TIME-WAIT socket stays: the next stray ACK is still answered).
     h, p, procs = lab
-    deadline = time.monotonic() + 40
-    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", SERVER_CLOSES_FIRST],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(srv)
-    _wait_line(srv, "ready", deadline)
     pcap = tmp_path / "tw.pcap"
-    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
-                             "--immediate-mode", "-w", str(pcap), "tcp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(dump)
-    _wait_line(dump, "listening", deadline)
+    dump = _serve_and_record(h, procs, SERVER_CLOSES_FIRST, pcap, time.monotonic() + 40)
     cport = int(subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", CLIENT], check=True,
                                capture_output=True, text=True, timeout=20).stdout)
     time.sleep(0.3)
-    seen = []
-    with open_capture(str(pcap)) as r:
-        for f in r:
-            seen.append(parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len))
+    _, seen = _read(pcap)
     peer_fin = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x01)
     host_fin = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x01)
     rcv_nxt, snd_nxt = (peer_fin.seq + 1) & 0xFFFFFFFF, (host_fin.seq + 1) & 0xFFFFFFFF
@@ -216,18 +215,9 @@ def test_time_wait_answers(lab, tmp_path):
                      f"ack={snd_nxt if fl == 'A' else 0})" for fl, off in probes)
     code = ("from scapy.all import Ether, IP, TCP, sendp\nimport time\n"
             f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.7)\n")
-    sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
-                          capture_output=True, text=True)
-    assert sent.returncode == 0, sent.stderr[-2000:]
-    time.sleep(0.3)
-    dump.send_signal(signal.SIGINT)
-    dump.wait(timeout=10)
-
-    frames = []
-    with open_capture(str(pcap)) as r:
-        for f in r:
-            frames.append(f)
-    pkts_all = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
+    _send(p, code)
+    _stop(dump, 0.3)
+    frames, pkts_all = _read(pcap)
     probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > peer_fin.ts + 0.2]
     assert len(probe_at) == len(probes), "tcpdump missed a probe"
     answered = []
@@ -263,17 +253,8 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     # ACK and discarded, a RST resets only at exactly rcv_nxt (in window otherwise: a
     # challenge ACK).
     h, p, procs = lab
-    deadline = time.monotonic() + 40
-    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", LISTENER],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(srv)
-    _wait_line(srv, "ready", deadline)
     pcap = tmp_path / "est.pcap"
-    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
-                             "--immediate-mode", "-w", str(pcap), "tcp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(dump)
-    _wait_line(dump, "listening", deadline)
+    dump = _serve_and_record(h, procs, LISTENER, pcap, time.monotonic() + 40)
     cli = subprocess.Popen(["ip", "netns", "exec", p, sys.executable, "-c", HOLDING_CLIENT],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(cli)
@@ -282,8 +263,7 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     assert ready, "the client did not connect"
     cport = int(os.read(fd, 100))
     time.sleep(0.3)
-    with open_capture(str(pcap)) as r:
-        seen = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in r]
+    _, seen = _read(pcap)
     syn = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x02)
     synack = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x12 == 0x12)
     rcv_nxt, snd_nxt = (syn.seq + 1) & 0xFFFFFFFF, (synack.seq + 1) & 0xFFFFFFFF
@@ -299,16 +279,9 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
                      + ("/Raw(b'hello')" if n else "") for fl, seq, ack, n in probes)
     code = ("from scapy.all import Ether, IP, TCP, Raw, sendp\nimport time\n"
             f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.6)\n")
-    sent = subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", code], timeout=60,
-                          capture_output=True, text=True)
-    assert sent.returncode == 0, sent.stderr[-2000:]
-    time.sleep(0.3)
-    dump.send_signal(signal.SIGINT)
-    dump.wait(timeout=10)
-
-    with open_capture(str(pcap)) as r:
-        frames = list(r)
-    pkts_all = [parse(f.n, f.ts, f.linktype, f.data, f.ifname, f.orig_len) for f in frames]
+    _send(p, code)
+    _stop(dump, 0.3)
+    frames, pkts_all = _read(pcap)
     probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > synack.ts + 0.2]
     assert len(probe_at) == len(probes), "tcpdump missed a probe"
     answered = [[pk.flags for pk in pkts_all[i + 1:(probe_at + [len(pkts_all)])[j + 1]] if pk.dport == cport]
