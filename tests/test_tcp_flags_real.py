@@ -191,6 +191,27 @@ def _mac(ns, dev):
     return out.split("link/ether ")[1].split()[0]
 
 
+def _probe_from_the_link(h, p, cport: int, probes, gap: float) -> None:
+    """Send (flags, seq, ack, payload) segments from the peer's port ``cport`` at the link
+    layer, ``gap`` seconds apart, once the peer's kernel no longer owns its address (so
+    it answers none of the host's replies: a RST from it would change the host's state)."""
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    pkts = ", ".join(f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')/"
+                     f"TCP(sport={cport}, dport=80, flags='{fl}', seq={seq & 0xFFFFFFFF}, ack={ack})"
+                     + (f"/Raw({data!r})" if data else "") for fl, seq, ack, data in probes)
+    _send(p, "from scapy.all import Ether, IP, TCP, Raw, sendp\nimport time\n"
+             f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep({gap})\n")
+
+
+def _answers(pkts, cport: int, after: float) -> tuple[list[int], list[list[int]]]:
+    """The probes (segments from ``cport`` later than ``after``) by index, and for each the
+    flags of what the host sent back before the next probe."""
+    at = [i for i, pk in enumerate(pkts) if pk.sport == cport and pk.ts > after]
+    ends = at[1:] + [len(pkts)]
+    return at, [[pk.flags for pk in pkts[i + 1:e] if pk.dport == cport] for i, e in zip(at, ends)]
+
+
 def test_time_wait_answers(lab, tmp_path):
     # tcp_timewait_state_process: a bare ACK in window restarts the timer and is not
     # answered; an ACK out of window is answered with an ACK; a RST out of window is
@@ -205,25 +226,13 @@ def test_time_wait_answers(lab, tmp_path):
     peer_fin = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x01)
     host_fin = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x01)
     rcv_nxt, snd_nxt = (peer_fin.seq + 1) & 0xFFFFFFFF, (host_fin.seq + 1) & 0xFFFFFFFF
-    # The peer's kernel must not answer the host's replies (a RST would end the
-    # TIME-WAIT): it stops owning its address; the probes leave at the link layer.
-    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
-    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
-    probes = [("A", 0), ("A", 5000), ("R", 7000), ("A", 9000)]        # flags, seq past rcv_nxt
-    pkts = ", ".join(f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')/"
-                     f"TCP(sport={cport}, dport=80, flags='{fl}', seq={(rcv_nxt + off) & 0xFFFFFFFF}, "
-                     f"ack={snd_nxt if fl == 'A' else 0})" for fl, off in probes)
-    code = ("from scapy.all import Ether, IP, TCP, sendp\nimport time\n"
-            f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.7)\n")
-    _send(p, code)
+    probes = [("A", rcv_nxt, snd_nxt, b""), ("A", rcv_nxt + 5000, snd_nxt, b""),
+              ("R", rcv_nxt + 7000, 0, b""), ("A", rcv_nxt + 9000, snd_nxt, b"")]
+    _probe_from_the_link(h, p, cport, probes, 0.7)
     _stop(dump, 0.3)
     frames, pkts_all = _read(pcap)
-    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > peer_fin.ts + 0.2]
+    probe_at, answered = _answers(pkts_all, cport, peer_fin.ts + 0.2)
     assert len(probe_at) == len(probes), "tcpdump missed a probe"
-    answered = []
-    for j, i in enumerate(probe_at):
-        end = probe_at[j + 1] if j + 1 < len(probe_at) else len(pkts_all)
-        answered.append([pk.flags for pk in pkts_all[i + 1:end] if pk.dport == cport])
     # The kernel: in-window bare ACK unanswered, out-of-window ACK answered with an ACK,
     # out-of-window RST ignored, and the TIME-WAIT still there to ACK the last probe.
     assert answered == [[], [0x10], [], [0x10]], answered
@@ -267,25 +276,13 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     syn = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x02)
     synack = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x12 == 0x12)
     rcv_nxt, snd_nxt = (syn.seq + 1) & 0xFFFFFFFF, (synack.seq + 1) & 0xFFFFFFFF
-    # The peer's kernel must not answer the host's replies (its socket would take the
-    # challenge ACKs): it stops owning its address; the probes leave at the link layer.
-    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
-    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
-    m = 0xFFFFFFFF
-    probes = [("P", rcv_nxt, 0, 5), ("PA", rcv_nxt, snd_nxt, 5), ("S", (rcv_nxt + 105) & m, 0, 0),
-              ("R", (rcv_nxt + 6) & m, 0, 0), ("R", (rcv_nxt + 5) & m, 0, 0)]
-    pkts = ", ".join(f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')/"
-                     f"TCP(sport={cport}, dport=80, flags='{fl}', seq={seq}, ack={ack})"
-                     + ("/Raw(b'hello')" if n else "") for fl, seq, ack, n in probes)
-    code = ("from scapy.all import Ether, IP, TCP, Raw, sendp\nimport time\n"
-            f"for pkt in [{pkts}]:\n    sendp(pkt, iface='vfl-p', verbose=0)\n    time.sleep(0.6)\n")
-    _send(p, code)
+    probes = [("P", rcv_nxt, 0, b"hello"), ("PA", rcv_nxt, snd_nxt, b"hello"), ("S", rcv_nxt + 105, 0, b""),
+              ("R", rcv_nxt + 6, 0, b""), ("R", rcv_nxt + 5, 0, b"")]
+    _probe_from_the_link(h, p, cport, probes, 0.6)
     _stop(dump, 0.3)
     frames, pkts_all = _read(pcap)
-    probe_at = [i for i, pk in enumerate(pkts_all) if pk.sport == cport and pk.ts > synack.ts + 0.2]
+    probe_at, answered = _answers(pkts_all, cport, synack.ts + 0.2)
     assert len(probe_at) == len(probes), "tcpdump missed a probe"
-    answered = [[pk.flags for pk in pkts_all[i + 1:(probe_at + [len(pkts_all)])[j + 1]] if pk.dport == cport]
-                for j, i in enumerate(probe_at)]
     # The kernel: nothing; an ACK of the data; a challenge ACK; a challenge ACK; nothing.
     assert [[f & 0x17 for f in a] for a in answered] == [[], [0x10], [0x10], [0x10], []], answered
 
