@@ -354,8 +354,8 @@ def _socket(s: object, where: str) -> SocketSpec:
     for key in ("at", "close_at"):
         if key in s:
             v = _expect(s[key], (int, float), where, key)
-            if v < 0:
-                raise ScenarioError(f"{where}: {key} must be >= 0 seconds")
+            if not 0 <= v < float("inf"):          # TOML has nan and inf
+                raise ScenarioError(f"{where}: {key} must be a finite number of seconds >= 0, got {v}")
             setattr(spec, key, float(v))
     if spec.close_at is not None and spec.close_at < (spec.at or 0.0):
         raise ScenarioError(f"{where}: close_at ({spec.close_at:g} s) is before at ({spec.at:g} s)")

@@ -302,3 +302,25 @@ def test_annotate_to_stdout_is_refused(tmp_path):
     r = demux("replay", SCAN, "-s", SCAN_TOML, "--annotate", "-")
     assert r.returncode == 2 and r.stdout == b"" and r.stderr.count(b"\n") == 1
     assert b"--annotate -" in r.stderr
+
+
+def test_infer_and_import_ss_never_write_over_their_input(tmp_path):
+    cap = tmp_path / "c.pcap"
+    shutil.copy(SCAN, cap)
+    before = cap.read_bytes()
+    (tmp_path / "link.pcap").symlink_to(cap)
+    for args in (("infer", str(cap), "-o", str(cap)), ("infer", str(tmp_path / "link.pcap"), "-o", str(cap))):
+        r = demux(*args)
+        assert r.returncode == 2 and b"would overwrite the input" in r.stderr and r.stderr.count(b"\n") == 1
+    with open(cap, "rb") as fh:        # standard input redirected from the file itself
+        r = subprocess.run([sys.executable, "-m", "demux", "infer", "-", "-o", str(cap)], stdin=fh,
+                           capture_output=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert cap.read_bytes() == before
+    listing = tmp_path / "ss.txt"
+    listing.write_text("Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port\n"
+                       "tcp LISTEN 0 5 0.0.0.0:80 0.0.0.0:*\n")
+    r = demux("import-ss", str(listing), "-o", str(listing))
+    assert r.returncode == 2 and listing.read_text().startswith("Netid")
+    r = demux("infer", str(cap), "-o", str(tmp_path / "ok.toml"))
+    assert r.returncode == 0 and (tmp_path / "ok.toml").read_text().startswith("# Inferred")

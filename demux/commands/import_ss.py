@@ -21,5 +21,5 @@ def run(args) -> int:
         except OSError as err:
             raise DemuxError(f"{args.file}: cannot read: {err.strerror or err}") from None
     sc, header = import_ss(text, name)
-    write_output(dumps(sc, header), args.output)
+    write_output(dumps(sc, header), args.output, (args.file,))
     return 0
