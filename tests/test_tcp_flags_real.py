@@ -291,3 +291,34 @@ def test_segment_without_ack_on_an_open_connection(lab, tmp_path):
     got = [(recs[i].v.verdict, recs[i].v.state) for i in probe_at]
     assert got == [("drop", "ESTAB"), ("deliver", "ESTAB"), ("drop", "ESTAB"), ("drop", "ESTAB"),
                    ("deliver", "CLOSE")], [recs[i].v.reason for i in probe_at]
+
+
+def test_late_segments_of_a_closed_connection(lab, tmp_path):
+    # The peer closes first; the host's side goes CLOSE-WAIT, LAST-ACK, CLOSE and is
+    # gone. A duplicate final ACK and a retransmitted FIN then find no socket: the
+    # listener answers RST to both (TCP_LISTEN: "if (th->ack) return 1"). They are no
+    # connection that began before the capture.
+    h, p, procs = lab
+    server = LISTENER.replace("time.sleep(60)", "c, _ = s.accept()\nwhile c.recv(100):\n    pass\n"
+                                                "c.close()\ntime.sleep(60)")
+    pcap = tmp_path / "late.pcap"
+    dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
+    client = (f"import socket, time\nc = socket.create_connection(('{HOST}', 80), timeout=5)\n"
+              "print(c.getsockname()[1], flush=True)\nc.close()\ntime.sleep(1)\n")
+    cport = int(subprocess.run(["ip", "netns", "exec", p, sys.executable, "-c", client], check=True,
+                               capture_output=True, text=True, timeout=20).stdout)
+    _, seen = _read(pcap)
+    peer_fin = next(pk for pk in seen if pk.sport == cport and pk.flags & 0x01)
+    host_fin = next(pk for pk in seen if pk.dport == cport and pk.flags & 0x01)
+    last_ack = (peer_fin.seq + 1, (host_fin.seq + 1) & 0xFFFFFFFF)
+    _probe_from_the_link(h, p, cport, [("A", *last_ack, b""), ("FA", peer_fin.seq, peer_fin.ack, b"")], 0.6)
+    _stop(dump, 0.3)
+    frames, pkts_all = _read(pcap)
+    probe_at, answered = _answers(pkts_all, cport, max(pk.ts for pk in seen))
+    assert len(probe_at) == 2, "tcpdump missed a probe"
+    assert [[f & 0x04 for f in a] for a in answered] == [[0x04], [0x04]], answered   # RST, RST
+
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    assert [(recs[i].v.verdict, recs[i].v.reply) for i in probe_at] == [("reject", "rst")] * 2, \
+        [recs[i].v.reason for i in probe_at]

@@ -30,6 +30,7 @@ _SYN_FIN_RST = SYN | FIN | RST
 _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
+_ENDED_KEPT = 1 << 16
 _UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
 
@@ -205,6 +206,7 @@ class Kernel:
         self.icmp_ratelimited = 0                                # IcmpOutRateLimitHost
         self.syncookies = int(sc.sysctl["net.ipv4.tcp_syncookies"])
         self.cookies: dict[tuple, Sock] = {}                     # SYN-ACKs sent as cookies
+        self.ended: dict[tuple, None] = {}                       # 4-tuples whose connection ended here
         self._lcache: dict[tuple, tuple] = {}                    # UDP match per local end
         self._tcp_matches: dict[tuple, _Match] = {}              # listener match per local end
         self.generation = 0                                      # bumped by every table change
@@ -720,6 +722,13 @@ class Kernel:
             c.listener.synq.pop(c.key, None)
         self.est.pop(c.key, None)
         self._dequeue(c)
+        # Its start was seen, so a late segment of it is no connection that began before
+        # the capture (_midstream). The most recent ones are enough: stragglers come soon.
+        ended = self.ended
+        ended.pop(c.key, None)
+        ended[c.key] = None
+        if len(ended) > _ENDED_KEPT:
+            del ended[next(iter(ended))]
 
     @staticmethod
     def _dequeue(c: Conn) -> None:
@@ -973,6 +982,16 @@ class Kernel:
 
     def _midstream(self, p, local, lport, remote, rport, now, direction, steps) -> Verdict:
         key = (local, lport, remote, rport)
+        if key in self.ended:
+            # A late segment of a connection that ended in the capture: no socket holds the
+            # 4-tuple, and one with ACK meets a listener's or no socket's RST (TCP_LISTEN:
+            # "if (th->ack) return 1"; tcp_v4_send_reset).
+            if direction == "in":
+                return Verdict("reject", f"the connection tcp {endpoint(local, lport)} {endpoint(remote, rport)} "
+                               "ended earlier in the capture; no socket holds it: the kernel answers RST "
+                               "(tcp_v4_send_reset)", reply="rst")
+            return Verdict("outbound", f"on tcp {endpoint(local, lport)} {endpoint(remote, rport)}, whose "
+                           "connection ended earlier in the capture: no socket owns it")
         sk = self._claim_client("tcp", local, lport, remote, rport, direction == "out")
         if sk is not None:
             c = Conn(key, p.family, ts.ESTAB, sk.proc, sk.fd,
