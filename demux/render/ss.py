@@ -56,7 +56,7 @@ def _addr(addr: bytes, port: int | str, device: str | None, numeric: bool, proto
 
 def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, processes=False,
          extended=False):
-    """Rows of ss's columns, as lists of strings, in ss's order (TCP before UDP).
+    """Rows of ss's columns, as lists of strings, in ss's order (UDP before TCP: udp_show runs before tcp_show).
 
     Recv-Q of a connection is tcp_diag_get_info's ``rcv_nxt - copied_seq``. Only one
     still in an accept queue shows bytes: no process has read it, so ``copied_seq`` is
@@ -106,7 +106,7 @@ def rows(kernel, tcp=True, udp=True, listening=False, all_=False, numeric=True, 
             extra.append(f"uid:{proc.uid}")
         row.append(" ".join(extra))
         out.append(row)
-    out.sort(key=lambda r: 0 if r[0] == "tcp" else 1)
+    out.sort(key=lambda r: 0 if r[0] == "udp" else 1)
     return out
 
 
