@@ -329,3 +329,17 @@ def test_the_last_of_a_and_l_wins():
     listen = subprocess.run(base + ["-taln"], capture_output=True, text=True, cwd=root, timeout=60).stdout
     assert "TIME-WAIT" in every and "LISTEN" in every
     assert "TIME-WAIT" not in listen and "LISTEN" in listen
+
+
+def test_a_client_connection_in_time_wait_has_no_owner():
+    # The client closed (its FIN went out): its descriptor is gone, and ss shows the
+    # TIME-WAIT socket with no process, as the recorded real ss of this capture does.
+    import os
+    import subprocess
+    import sys
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-m", "demux", "ss", "-s", "pcaps/any-sll.toml", "--capture",
+                          "pcaps/any-sll.pcap", "--at", "0.6685", "-tanp"], capture_output=True, text=True,
+                         cwd=root, timeout=60).stdout
+    tw = [line for line in out.splitlines() if "TIME-WAIT" in line]
+    assert tw and all("users:" not in line for line in tw)

@@ -1109,11 +1109,13 @@ class Kernel:
         if c.proc is not None and c.fd is not None and c.sock is None:
             c.proc.free_fd(c.fd)
             c.fd = None
-        if c.sock is not None and c.sock.state != "CLOSE":
-            self._forget(c.sock)
-            if c.sock.proc is not None:
-                c.sock.proc.free_fd(c.sock.fd)
-            c.sock.state = "CLOSE"
+        if c.sock is not None:
+            if c.sock.state != "CLOSE":
+                self._forget(c.sock)
+                if c.sock.proc is not None:
+                    c.sock.proc.free_fd(c.sock.fd)
+                c.sock.state = "CLOSE"
+            c.fd = None           # the connection outlives the descriptor (TIME-WAIT is no one's)
         self._dequeue(c)
 
     def _tcp_out(self, p, now, steps) -> Verdict:
@@ -1165,9 +1167,12 @@ class Kernel:
             c.fin_out = (p.seq + p.payload_len + 1) & 0xFFFFFFFF
         new = ts.next_state(c.state, "out", ev)
         v = self._settle(c, new, now, "outbound")
-        if flags & FIN and c.fd is not None and c.sock is None and c.proc is not None:
-            # The application called close(): its descriptor is free for the next accept().
+        if flags & FIN and c.fd is not None and c.proc is not None:
+            # The application called close(): its descriptor is free for the next accept()
+            # or socket(); a client's socket stays bound until the connection is gone.
             c.proc.free_fd(c.fd)
+            if c.sock is not None and c.sock.fd == c.fd:
+                c.sock.fd = None
             c.fd = None
         return v
 
