@@ -40,6 +40,16 @@ def _count(low: int):
 _positive, _natural = _count(1), _count(0)
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     # Subcommand parsers are made by add_subparsers with the parent's class: _Parser too.
     p = _Parser(
@@ -92,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--processes", action="store_true")
     s.add_argument("-e", "--extended", action="store_true")
     s.add_argument("--capture", help="replay this capture first")
-    s.add_argument("--at", type=float, help="seconds from the first packet (with --capture)")
+    s.add_argument("--at", type=_seconds, help="seconds from the first packet (with --capture)")
     s.add_argument("--seed", type=int, default=0)
 
     i = sub.add_parser("infer", help="write the scenario a capture implies")

@@ -164,6 +164,7 @@ def test_cli_starts_without_heavy_imports():
     ([], "demux: error: the following arguments are required: COMMAND"),
     (["replay", SCAN, "--workers", "0"], "demux replay: error: argument --workers: must be at least 1, got 0"),
     (["bench", "--repeat", "-2"], "demux bench: error: argument --repeat: must be at least 1, got -2"),
+    (["ss", "--at", "-1"], "demux ss: error: argument --at: must be a finite number of seconds >= 0, got -1"),
 ])
 def test_usage_errors_are_one_line(args, needle):
     r = demux(*args)

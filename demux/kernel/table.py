@@ -31,6 +31,7 @@ _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
 _ENDED_KEPT = 1 << 16
+_SEND_RESET = {4: "tcp_v4_send_reset", 6: "tcp_v6_send_reset"}
 _UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
 LOOPBACK6 = b"\x00" * 15 + b"\x01"
 
@@ -867,7 +868,7 @@ class Kernel:
             l, reason = self._listener(p.ifname, p.dst, p.dport, p.src, p.sport, steps)
             if l is None:
                 return Verdict("reject", prefix + f"no socket listens on tcp {endpoint(p.dst, p.dport)}: "
-                               "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+                               f"the kernel answers RST ({_SEND_RESET[p.family]})", reply="rst")
             if flags & FIN:
                 # tcp_rcv_state_process, TCP_LISTEN: "if (th->fin) goto discard".
                 return Verdict("drop", prefix + f"SYN with FIN for listener {l.local()}: discarded "
@@ -931,7 +932,7 @@ class Kernel:
                 return Verdict("drop", f"{what} for listener {l.local()}: discarded (tcp_rcv_state_process)",
                                l.proc, l.fd, l.describe(), ts.LISTEN)
             return Verdict("reject", f"{what} to tcp {endpoint(p.dst, p.dport)}, no connection and no "
-                           "listener: the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+                           f"listener: the kernel answers RST ({_SEND_RESET[p.family]})", reply="rst")
         if flags & SYN:
             # A SYN-ACK with no connection: the listener answers RST (TCP_LISTEN: "if
             # (th->ack) return 1"), it does not start one.
@@ -989,7 +990,7 @@ class Kernel:
             if direction == "in":
                 return Verdict("reject", f"the connection tcp {endpoint(local, lport)} {endpoint(remote, rport)} "
                                "ended earlier in the capture; no socket holds it: the kernel answers RST "
-                               "(tcp_v4_send_reset)", reply="rst")
+                               f"({_SEND_RESET[p.family]})", reply="rst")
             return Verdict("outbound", f"on tcp {endpoint(local, lport)} {endpoint(remote, rport)}, whose "
                            "connection ended earlier in the capture: no socket owns it")
         sk = self._claim_client("tcp", local, lport, remote, rport, direction == "out")
@@ -1010,7 +1011,7 @@ class Kernel:
                          "(its SYN is not in the capture)")
             elif direction == "in":
                 return Verdict("reject", f"no connection and no listener for tcp {endpoint(local, lport)}: "
-                               "the kernel answers RST (tcp_v4_send_reset)", reply="rst")
+                               f"the kernel answers RST ({_SEND_RESET[p.family]})", reply="rst")
             else:
                 c = Conn(key, p.family, ts.ESTAB, None, None,
                          f"unknown local socket on {self.ephemeral_note(lport)}; assumed established")
