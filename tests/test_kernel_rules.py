@@ -292,13 +292,19 @@ def test_F12_A8_time_wait_drops_old_segments_and_reopens_on_higher_syn():
     assert v.verdict == "deliver" and v.state == "SYN-RECV" and "reopens" in v.reason
 
 
-def test_A8_time_wait_expires_after_60_seconds():
-    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
-    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+def _to_time_wait(k, c, s) -> None:
+    """Client c connects to server s, which closes first: the server side ends in
+    TIME-WAIT at t=0.3 (rcv_nxt 102, snd_nxt 5002)."""
     k.input(seg(*c, *s, seq=100), 0.0)
     k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1)
     k.output(seg(*s, *c, flags="F.", seq=5001, ack=101), 0.2)
-    k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3)
+    assert k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3).state == "TIME-WAIT"
+
+
+def test_A8_time_wait_expires_after_60_seconds():
+    k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
+    c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
+    _to_time_wait(k, c, s)
     v = k.input(seg(*c, *s, flags="S", seq=50, ts=61.0), 61.0)
     assert v.verdict == "deliver" and v.state == "SYN-RECV"
 
@@ -443,10 +449,7 @@ def test_A8_time_wait_with_timestamps_reopens_only_on_a_newer_tsval():
 def test_timers_sweep_time_wait_and_request_sockets_from_the_table():
     k = kernel('{proto="tcp", bind="0.0.0.0:80"}')
     c, s = ("10.9.0.2", 5000), ("10.9.0.1", 80)
-    k.input(seg(*c, *s, seq=100), 0.0)
-    k.input(seg(*c, *s, flags=".", seq=101, ack=5001), 0.1)
-    k.output(seg(*s, *c, flags="F.", seq=5001, ack=101), 0.2)
-    k.input(seg(*c, *s, flags="F.", seq=101, ack=5002), 0.3)
+    _to_time_wait(k, c, s)
     k.input(seg("10.9.0.2", 6000, "10.9.0.1", 80, ts=1.0), 1.0)       # a half-open request
     assert len(k.est) == 2
     gen = k.generation
