@@ -224,6 +224,21 @@ def test_F3_reuseport_spreads_flows_evenly_and_keeps_each_flow():
     assert max(counts.values()) - min(counts.values()) < 0.08 * 2500
 
 
+def test_listener_pick_is_the_flow_hash_of_lookup():
+    # Kernel._listener writes out flow_hash's second half on its hot path; it must pick
+    # what reuseport_select(flow_hash(...)) picks, as the explain walk does.
+    from demux.kernel import lookup as lk
+    k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:80", reuseport=true}'] * 5))
+    group = k.listeners[80][0].group
+    local = pack("10.9.0.1")
+    for i in range(2000):
+        remote, rport = pack(f"10.9.{i % 200}.{1 + i // 200}"), 1024 + 37 * i % 60000
+        want = lk.reuseport_select(group, lk.flow_hash(k.seed, remote, rport, local, 80), None)
+        assert k._listener(None, local, 80, remote, rport)[0] is want
+        steps: list = []
+        assert k._listener(None, local, 80, remote, rport, steps)[0] is want
+
+
 def test_F4_second_syn_goes_to_the_same_request_socket():
     k = kernel(",".join(['{proto="tcp", bind="0.0.0.0:80", reuseport=true}'] * 4))
     v1 = k.input(seg("10.9.0.2", 5000, "10.9.0.1", 80), 0.0)

@@ -651,7 +651,9 @@ class Kernel:
             m = self._tcp_match(local, lport, ifname)
         if m.members is None:
             return m.sock, m.reason
-        # reuseport_select_sock_by_hash: reciprocal_scale(flow hash, group size).
+        # reuseport_select_sock_by_hash: reciprocal_scale(flow hash, group size), with
+        # lookup.flow_hash's second half written out (tests/test_kernel_rules.py holds
+        # the two together).
         i = (_crc32(remote, m.base ^ rport) * m.n) >> 32
         return m.members[i], m.reasons[i]
 
@@ -797,11 +799,7 @@ class Kernel:
             return Verdict("deliver", "retransmitted SYN: the pending request socket answers again; "
                            + c.reason, c.proc, c.fd, sock, ts.SYN_RECV)
         if st == ts.TIME_WAIT:
-            if direction == "out":
-                return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
-                               socket=c.describe(), state=ts.TIME_WAIT)
-            return Verdict("drop", f"segment for {c.describe()[4:]}: answered with an ACK "
-                                   "and dropped (tcp_timewait_state_process)",
+            return Verdict("outbound", "sent by the TIME-WAIT socket (no process owns it)",
                            socket=c.describe(), state=ts.TIME_WAIT)
         return Verdict("deliver" if direction == "in" else "outbound", c.reason, c.proc, c.fd, c.describe(), st)
 
@@ -861,7 +859,8 @@ class Kernel:
             else:
                 if paws_reject or flags & ACK:
                     self._tw_reschedule(c, now)
-                return self.steady_verdict(c, "in")
+                return Verdict("drop", f"segment for {c.describe()[4:]}: answered with an ACK and dropped "
+                               "(tcp_timewait_state_process)", socket=c.describe(), state=ts.TIME_WAIT)
         elif steps is not None:
             steps.append("established hash: no entry for this 4-tuple")
         if flags & SYN and not flags & (ACK | RST):
