@@ -392,18 +392,18 @@ class BatchEngine:
             info = self.finfo[s] = (both[0], both[1])
         return info
 
-    def _steady(self, c, direction: str, kind: str, key_out):
-        """``Kernel.steady`` for connection ``c``; a loopback segment is the sender's
-        output as well: both ends must be steady for the same segments."""
-        steady = self.k.steady
-        q = steady(c, direction)
-        if q is None or kind != "loop":
-            return q
+    def _also_sent(self, q, key_out):
+        """A loopback segment is the sender's output as well: the in-side's ``steady``
+        answer ``q`` narrowed to the segments the sending connection is steady for too
+        (both flag tests at once; None when they contradict or it is not steady)."""
         co = self.k.est.get(key_out)
-        qo = steady(co, "out") if co is not None else None
-        if qo is None or qo[0] != q[0] or qo[1] != q[1]:
+        qo = self.k.steady(co, "out") if co is not None else None
+        if qo is None:
             return None
-        return q[0], q[1], min(q[2], qo[2]), q[3]
+        common = q[0] & qo[0]
+        if q[1] & common != qo[1] & common:
+            return None
+        return q[0] | qo[0], q[1] | qo[1], min(q[2], qo[2]), q[3]
 
     def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
         fm = self.fm
@@ -427,7 +427,9 @@ class BatchEngine:
                     direction = "out" if kind == "out" else "in"
                     c = est.get(key_out if kind == "out" else key_in)
                     if c is not None:
-                        q = steady(c, direction) if kind != "loop" else self._steady(c, direction, kind, key_out)
+                        q = steady(c, direction)
+                        if q is not None and kind == "loop":
+                            q = self._also_sent(q, key_out)
                     if q is not None:
                         vid = vids.get((direction, c, c.state, c.fd, c.reason))
                         if vid is None:
