@@ -10,7 +10,7 @@ import tempfile
 from demux.capture import open_capture
 from demux.engine import Engine, load_or_infer
 from demux.errors import DemuxError
-from demux.render.outputs import OutputSet
+from demux.render.outputs import OutputSet, silence_stdout
 from demux.render.summary import Summary
 
 
@@ -52,13 +52,6 @@ def run(args) -> int:
     finally:
         if spooled:
             os.unlink(spooled)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so what is still buffered for it goes nowhere quietly."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _progress(reader, capture):
@@ -134,7 +127,7 @@ def _run(args, capture, outputs) -> int:
                     # so the record it failed on has not reached the files yet.
                     if shown is None or not files:
                         raise
-                    _silence_stdout()
+                    silence_stdout()
                     shown = None
                     writes = writes[1:]
                     for w in writes:

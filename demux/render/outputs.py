@@ -32,7 +32,15 @@ import tempfile
 
 from demux.errors import DemuxError
 
-__all__ = ["OutputSet"]
+__all__ = ["OutputSet", "silence_stdout"]
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so what is still buffered for it (a reader such as
+    `head` went away) goes nowhere quietly, as Unix tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 _BUFSIZE = 1 << 20
 
