@@ -132,7 +132,9 @@ def compare(sc: Scenario, broadcast: bool = False, seed: int = 0) -> list[tuple[
     k = Kernel.from_scenario(sc, seed=seed)
     diffs: list[tuple[tuple, str]] = []
     emu = {(o.proc_index, o.sock_index): o for o in k.outcomes}
-    port_map: dict[int, int] = {}   # real kernel-chosen port -> emulator's
+    # (proto, real kernel-chosen port) -> emulator's: TCP and UDP ports are separate
+    # spaces, and the kernel may well pick one number for both.
+    port_map: dict[tuple[str, int], int] = {}
     for c in real.calls:
         o = emu.get(c["index"])
         spec = sc.processes[c["proc"]].sockets[c["sock"]]
@@ -150,7 +152,7 @@ def compare(sc: Scenario, broadcast: bool = False, seed: int = 0) -> list[tuple[
             continue
         chosen = spec.bind is None or spec.bind.port == 0
         if chosen:
-            port_map[_port(c["local"])] = _port(o.local)
+            port_map[(c["proto"], _port(c["local"]))] = _port(o.local)
         if (_addr(c["local"]) != _addr(o.local)) if chosen else (c["local"] != o.local):
             diffs.append((("local", c["proto"]), f"{where}: kernel local {c['local']}, emulator {o.local}"))
     if diffs:
@@ -160,7 +162,7 @@ def compare(sc: Scenario, broadcast: bool = False, seed: int = 0) -> list[tuple[
         if p["error"]:
             diffs.append((("harness",), f"probe {pr}: harness error {p['error']}"))
             continue
-        dport = port_map.get(pr.dst_port, pr.dst_port)
+        dport = port_map.get((pr.proto, pr.dst_port), pr.dst_port)
         r = k.lookup(pr.proto, pr.src_addr, p["src_port"], pr.dst_addr, dport, ifname=p["ifname"])
         got = sorted(s.index for s in r.socks)
         want = p["receivers"]
