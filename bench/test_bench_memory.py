@@ -29,9 +29,9 @@ sc = scen.loads(synth.SCENARIO)
 t = time.perf_counter()
 if sys.argv[2] == "jsonl":
     with open("/dev/null", "wb") as out:
-        s, w = replay_batch(sys.argv[1], sc, 0, 1, out)
+        s, w, _ = replay_batch(sys.argv[1], sc, 0, 1, out)
 else:
-    s, w = replay_batch(sys.argv[1], sc, 0, 1, None)
+    s, w, _ = replay_batch(sys.argv[1], sc, 0, 1, None)
 dt = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(json.dumps({"packets": s.packets, "seconds": dt, "vmhwm_mb": int(hwm) / 1024,

@@ -30,7 +30,8 @@ def usable(args, auto: bool = False) -> bool:
 
 def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None, **tuning):
     """Replay ``capture_path``; jsonl lines go to the binary stream ``jsonl_out`` (None:
-    count only). Returns (Summary, warning or None), as the reference loop ends with.
+    count only). Returns (Summary, warning or None, notes), as the reference loop ends
+    with (notes: ``Engine.finish``'s lines).
     ``tuning``: flow_capacity, chunk, read_size (tests make them tiny)."""
     from demux.batch.engine import BatchEngine
     eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers, **tuning)
@@ -53,4 +54,4 @@ def reference_jsonl(capture_path: str, scenario, seed: int = 0, out=None):
             summ.add(rec)
             if out is not None:
                 out.write((rec.jsonl(enc) + "\n").encode())
-        return summ, reader.warning
+        return summ, reader.warning, eng.finish()

@@ -644,7 +644,8 @@ class BatchEngine:
     # ---- reading the capture -------------------------------------------------------
 
     def run(self, path: str):
-        """Replay the capture; returns (Summary, warning or None)."""
+        """Replay the capture; returns (Summary, warning or None, notes): the notes are
+        ``Engine.finish``'s lines on IP datagrams never reassembled."""
         # open_capture refuses what the reference refuses, with the same words.
         with open_capture(path) as reader:
             fmt = reader.format
@@ -666,7 +667,7 @@ class BatchEngine:
             if self._writer is not None:
                 self._writer.close()
         self._sync_all()
-        return self._finish_summary(), warning
+        return self._finish_summary(), warning, self.eng.finish()
 
     def _run(self, path, fmt, first_lt):
         f = open(path, "rb", buffering=0)

@@ -136,7 +136,7 @@ def peer_tshark(path: str) -> int | None:
 
 def replay_reference(path: str, scenario) -> int:
     from demux.batch import reference_jsonl
-    s, _ = reference_jsonl(path, scenario)
+    s, _, _ = reference_jsonl(path, scenario)
     return s.packets
 
 
@@ -144,9 +144,9 @@ def replay_batch(path: str, scenario, jsonl: bool = False, workers: int = 1) -> 
     from demux.batch import replay_batch as rb
     if jsonl:
         with open(os.devnull, "wb") as out:
-            s, _ = rb(path, scenario, 0, workers, out)
+            s, _, _ = rb(path, scenario, 0, workers, out)
     else:
-        s, _ = rb(path, scenario, 0, workers, None)
+        s, _, _ = rb(path, scenario, 0, workers, None)
     return s.packets
 
 

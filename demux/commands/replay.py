@@ -160,7 +160,9 @@ def _run_batch(args, capture, scenario, batch) -> int:
                          "(not standard input, --split, --annotate, table or csv)")
     sys.stdout.flush()
     out = None if args.summary else sys.stdout.buffer
-    summary, warning = batch.replay_batch(capture, scenario, args.seed, args.workers, out)
+    summary, warning, notes = batch.replay_batch(capture, scenario, args.seed, args.workers, out)
+    for line in notes:
+        print(f"demux replay: note: {line}", file=sys.stderr)
     if args.summary:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
     sys.stdout.flush()
