@@ -259,8 +259,11 @@ class BatchEngine:
 
     def _vid_conn(self, direction: str, c) -> int:
         """The id of the verdict ``Kernel.steady_verdict`` gives connection ``c``'s steady
-        segments (interned on what that verdict is made of)."""
-        key = (direction, c, c.state, c.fd, c.reason)
+        segments (interned on what that verdict is made of). Without jsonl only the
+        verdict's name and process are counted, and those depend on the direction, the
+        state and the process alone (steady_verdict says so): one id then serves every
+        connection alike, instead of a verdict built and interned per connection."""
+        key = (direction, c, c.state, c.fd, c.reason) if self.out is not None else (direction, c.proc, c.state)
         vid = self.vids.get(key)
         if vid is not None:
             return vid
@@ -413,7 +416,6 @@ class BatchEngine:
             steady = self.k.steady
             conns = None
             stamp = self.scm[_nb.S_GEN_TCP]
-            vids = self.vids
             info = self.finfo.get(s) or self._flow_info(s, d, p)
             for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(info):
                 b = row + _nb.F_DSTRIDE * dd
@@ -431,9 +433,7 @@ class BatchEngine:
                         if q is not None and kind == "loop":
                             q = self._also_sent(q, key_out)
                     if q is not None:
-                        vid = vids.get((direction, c, c.state, c.fd, c.reason))
-                        if vid is None:
-                            vid = self._vid_conn(direction, c)
+                        vid = self._vid_conn(direction, c)
                         mask, val, until, moves = q
                         fm[b + _nb.F_MASK] = mask
                         fm[b + _nb.F_VAL] = val

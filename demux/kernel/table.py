@@ -788,7 +788,9 @@ class Kernel:
 
     @staticmethod
     def steady_verdict(c: Conn, direction: str) -> Verdict:
-        """The verdict of the segments ``steady`` names."""
+        """The verdict of the segments ``steady`` names. Its verdict and process depend
+        only on ``direction``, ``c.state`` and ``c.proc`` (the batch engine's summary
+        counts them by those)."""
         st = c.state
         if st == ts.SYN_RECV:
             l = c.listener
