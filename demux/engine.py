@@ -199,14 +199,15 @@ def explain_lookup(capture_path: str, n: int, scenario_path: str | None, seed: i
     it built. Used by ``demux explain``."""
     from demux.capture import open_capture
     from demux.errors import DemuxError
-    scenario = load_or_infer(capture_path, scenario_path)
+    notes: list[str] = []
+    scenario = load_or_infer(capture_path, scenario_path, notes)
     eng = Engine(scenario, seed)
     with open_capture(capture_path) as reader:
         for frame in reader:
             if frame.n < n:
                 eng.feed(frame)
                 continue
-            steps: list[str] = []
+            steps = [f"host: {line}" for line in notes]
             rec = eng.feed(frame, steps)
             d = rec.as_dict()
             steps.append(f"verdict: {d['verdict']}" + (f" -> {d['process']} pid {d['pid']} fd {d['fd']}"
@@ -216,10 +217,29 @@ def explain_lookup(capture_path: str, n: int, scenario_path: str | None, seed: i
     raise DemuxError(f"{capture_path}: no packet {n}")
 
 
-def load_or_infer(capture_path: str, scenario_path: str | None) -> Scenario:
-    """The scenario file given, else the one the capture implies (SPEC §6)."""
+def load_or_infer(capture_path: str, scenario_path: str | None, notes: list[str] | None = None) -> Scenario:
+    """The scenario file given, else the one the capture implies (SPEC §6).
+
+    A scenario file that names no host address (``import-ss`` of a host whose sockets are
+    all bound to the wildcard, as ``ss -tlnp`` usually shows) would make every packet of
+    the host's own capture transit: it takes the addresses the capture implies instead,
+    and ``notes`` gets a line saying so."""
     from demux import scenario as scen
-    if scenario_path:
-        return scen.load(scenario_path)
     from demux.infer import infer
-    return infer(capture_path)
+    if not scenario_path:
+        return infer(capture_path)
+    sc = scen.load(scenario_path)
+    if sc.host.addresses or sc.host.interfaces:
+        return sc
+    if capture_path == "-":
+        if notes is not None:
+            notes.append(f"{scenario_path} names no host address, and standard input cannot be read "
+                         "twice to find them: only loopback is local")
+        return sc
+    addrs = infer(capture_path).host.addresses
+    if addrs:
+        sc.host.addresses = list(addrs)
+        if notes is not None:
+            notes.append(f"{scenario_path} names no host address: took {', '.join(addrs)} from the "
+                         "capture (the host that answered), as `demux infer` would")
+    return sc

@@ -364,8 +364,12 @@ def build(rows: list[Row], source: str, notes: list[str] | None = None,
             if a not in seen:
                 seen.append(a)
         host.addresses = sorted(seen, key=lambda a: ":" in a)
-        notes.append("host addresses: only those sockets are bound to (the listing does not show "
-                     "the others)")
+        if seen:
+            notes.append("host addresses: only those sockets are bound to (the listing does not show "
+                         "the others)")
+        else:
+            notes.append("host addresses: none in the listing (every socket is bound to a wildcard "
+                         "or loopback address); replay, ss and explain take them from the capture")
     sc.host = host
     if uids_unknown:
         notes.append("uids: not in the listing (ss without -e): uid 0 assumed")

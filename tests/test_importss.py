@@ -4,6 +4,7 @@ the round trip through ``demux ss``."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -225,3 +226,31 @@ def test_a_socket_shown_without_owner_stays_without_one_in_ss():
     line22 = next(l for l in out.splitlines() if ":22 " in l)
     line80 = next(l for l in out.splitlines() if ":80 " in l)
     assert 'users:(("sshd",pid=812,fd=3))' in line22 and "users:" not in line80
+
+
+def test_wildcard_only_listing_replays_the_hosts_capture(tmp_path):
+    # `ss -tlnp` of a host whose listeners are all on the wildcard names none of its
+    # addresses. Replaying the host's capture against it must not call every packet
+    # transit: replay takes the host's addresses from the capture, and says so.
+    here = os.path.join(os.path.dirname(__file__), "..", "pcaps")
+    listing = tmp_path / "ss.txt"
+    listing.write_text(
+        "State  Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
+        'LISTEN 0      5            0.0.0.0:8080      0.0.0.0:*    users:(("httpd",pid=28261,fd=3))\n')
+    sc_path = tmp_path / "host.toml"
+    subprocess.run([sys.executable, "-m", "demux", "import-ss", str(listing), "-o", str(sc_path)],
+                   check=True, capture_output=True, timeout=60)
+    assert scen.load(str(sc_path)).host.addresses == []
+    assert "take them from the capture" in sc_path.read_text()
+
+    def replay(scenario):
+        r = subprocess.run([sys.executable, "-m", "demux", "replay", os.path.join(here, "http4.pcap"),
+                            "-s", scenario, "--format", "jsonl"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        return [(d["direction"], d["verdict"], d["process"], d["pid"], d["fd"], d["state"]) for d in rows], r.stderr
+    got, err = replay(str(sc_path))
+    want, _ = replay(os.path.join(here, "http4.toml"))
+    assert got == want
+    assert ("in", "deliver", "httpd", 28261, 3, "SYN-RECV") in got
+    assert f"{sc_path} names no host address: took 10.77.0.1" in err

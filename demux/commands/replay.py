@@ -73,7 +73,10 @@ def _progress(reader, capture):
 
 
 def _run(args, capture, outputs) -> int:
-    scenario = load_or_infer(capture, args.scenario)
+    notes: list[str] = []
+    scenario = load_or_infer(capture, args.scenario, notes)
+    for line in notes:
+        print(f"demux replay: note: {line}", file=sys.stderr)
     engine = args.engine
     if engine != "reference":
         from demux import batch

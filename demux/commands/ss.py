@@ -21,7 +21,10 @@ def run(args) -> int:
     if args.capture:
         from demux.capture import open_capture
         from demux.engine import Engine, load_or_infer
-        scenario = load_or_infer(args.capture, args.scenario)
+        notes: list[str] = []
+        scenario = load_or_infer(args.capture, args.scenario, notes)
+        for line in notes:
+            print(f"demux ss: note: {line}", file=sys.stderr)
         eng = Engine(scenario, args.seed)
         with open_capture(args.capture) as reader:
             for frame in reader:
