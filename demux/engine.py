@@ -48,7 +48,7 @@ class Record:
         p, v = self.packet, self.v
         proto = p.proto
         addressed = len(p.src) in (4, 16) and len(p.dst) == len(p.src)
-        if proto in (6, 17) and addressed and p.l4_off >= 0 and (p.frag is None or p.frag.offset == 0 and p.sport):
+        if proto in (6, 17) and addressed and p.l4_len >= 4:
             src, dst = endpoint(p.src, p.sport), endpoint(p.dst, p.dport)
         elif addressed:
             src, dst = unpack(p.src), unpack(p.dst)
@@ -59,7 +59,7 @@ class Record:
             "n": self.n, "ts": round(self.ts, 6),
             "proto": _PROTO_NAMES.get(proto, str(proto) if proto >= 0 else ("ip" if p.family else "other")),
             "src": src, "dst": dst,
-            "flags": _FLAG_CACHE[p.flags & 0xFF] if proto == 6 and p.family else None,
+            "flags": _FLAG_CACHE[p.flags & 0xFF] if proto == 6 and p.l4_len >= 14 else None,
             "len": p.payload_len,
             "direction": self.direction, "verdict": v.verdict,
             "process": proc.name if proc is not None else None,

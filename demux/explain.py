@@ -139,7 +139,7 @@ def render_text(doc: dict, lookup_steps: list[str] | None = None, verdict: dict 
         head = (f"packet {packet.n}: {len(packet.data)} bytes captured"
                 f"{'' if packet.orig_len == len(packet.data) else f' of {packet.orig_len}'}, "
                 f"link type {packet.linktype}")
-        if packet.proto == TCP and packet.error is None:
+        if packet.proto == TCP and packet.l4_len >= 14:
             head += f", TCP flags {flag_string(packet.flags)}"
         parts.append(Text(head, style="bold"))
         if packet.frag is not None:

@@ -160,6 +160,24 @@ def test_cut_short_messages():
     assert parse(1, 0.0, 1, ETH[:10]).error == "Ethernet header cut short: 10 of 14 bytes"
 
 
+def test_a_header_cut_short_still_names_ports_and_flags():
+    # As tcpdump prints "1.1.1.1.40000 > 2.2.2.2.80: [|tcp]": what the bytes hold is read
+    # (ports from 4 bytes, TCP's flags from 14), and the record shows only that.
+    from demux.engine import Record
+    from demux.kernel import Verdict
+    full = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(sport=40000, dport=80, flags="PA"))
+    for cut, ports, flags in ((34 + 2, None, None), (34 + 6, ("1.1.1.1:40000", "2.2.2.2:80"), None),
+                              (34 + 14, ("1.1.1.1:40000", "2.2.2.2:80"), "P.")):
+        p = parse(1, 0.0, 1, full[:cut], orig_len=len(full))
+        assert p.error.startswith("TCP header cut short")
+        d = Record(1, 0.0, p, None, Verdict("malformed", p.error)).as_dict()
+        assert (d["src"], d["dst"]) == (ports or ("1.1.1.1", "2.2.2.2"))
+        assert d["flags"] == flags
+    udp = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(sport=5000, dport=53))
+    d = Record(1, 0.0, parse(1, 0.0, 1, udp[:34 + 5], orig_len=len(udp)), None, Verdict("malformed", "")).as_dict()
+    assert (d["src"], d["dst"], d["flags"]) == ("1.1.1.1:5000", "2.2.2.2:53", None)
+
+
 def test_snaplen_cut_with_whole_headers_is_fine():
     full = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(dport=80) / (b"z" * 500))
     p = parse(1, 0.0, 1, full[:80], orig_len=len(full))
@@ -289,6 +307,13 @@ def test_ipv4_fragments_are_marked_not_parsed():
     first, second = (parse(i, 0.0, 228, bytes(f)) for i, f in enumerate(frags[:2], 1))
     assert first.frag == FragmentInfo(9, 0, True) and first.sport == 0 and first.error is None
     assert second.frag.offset == 48 and second.payload_len == 48
+    # A TCP fragment's record has no flags: its bytes are not a TCP header.
+    from demux.engine import Record
+    from demux.kernel import Verdict
+    tfr = fragment(IP(src="1.1.1.1", dst="2.2.2.2", id=9) / TCP(dport=80) / (b"a" * 100), fragsize=48)
+    for f in tfr[:2]:
+        d = Record(1, 0.0, parse(1, 0.0, 228, bytes(f)), "in", Verdict("ignored", "")).as_dict()
+        assert (d["src"], d["dst"], d["flags"]) == ("1.1.1.1", "2.2.2.2", None)
     assert norm6("2001:0db8::0001") == "2001:db8::1"
 
 

@@ -85,7 +85,7 @@ class Packet:
         "n", "ts", "linktype", "ifname", "data", "orig_len",
         "family", "src", "dst", "proto", "ttl",
         "sport", "dport", "flags", "seq", "ack", "window", "tsval", "mss",
-        "payload_len", "l3_off", "l4_off", "payload_off",
+        "payload_len", "l3_off", "l4_off", "l4_len", "payload_off",
         "link_bcast", "frag", "error",
         "icmp_type", "icmp_code", "inner",
     )
@@ -114,6 +114,7 @@ class Packet:
         self.payload_len = 0         # transport payload bytes, from the IP/UDP lengths
         self.l3_off = -1             # offset of the IP header in data
         self.l4_off = -1             # offset of the transport header in data
+        self.l4_len = 0              # transport header bytes read: from 4 the ports, from 14 TCP's flags
         self.payload_off = -1        # offset of the transport payload in data
         self.link_bcast = False      # link-layer broadcast/multicast destination
         self.frag = None             # FragmentInfo for an IP fragment, else None

@@ -77,6 +77,7 @@ _TS_AT = _f.TCP_OPT_TIMESTAMP["tcp.options.timestamp.tsval"].byte
 _UDP = _f.UDP.struct("udp.srcport", "udp.dstport", "udp.length")
 _UDP_LEN = _f.UDP.length
 _PORTS = _f.TCP.struct("tcp.srcport", "tcp.dstport")    # same place in TCP and UDP
+_TCP_FLAGS_END = (_f.TCP["tcp.flags.fin"].offset + 1) // 8      # the header bytes up to the flags
 _ICMP_LEN = _f.ICMP.length
 
 _ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = 0x0800, 0x86DD
@@ -188,6 +189,7 @@ def parse(n: int, ts: float, linktype: int, data: bytes, ifname: str | None = No
             p.payload_len = pay
             p.l3_off = l3
             p.l4_off = l4
+            p.l4_len = hl
             p.payload_off = l4 + hl
             p.link_bcast = data[0] & 1 == 1
             p.icmp_type = p.icmp_code = -1
@@ -211,7 +213,7 @@ def parse_general(n: int, ts: float, linktype: int, data: bytes, ifname: str | N
     p.family = 0
     p.src = p.dst = b""
     p.proto = -1
-    p.ttl = p.sport = p.dport = p.flags = p.seq = p.ack = p.window = p.payload_len = 0
+    p.ttl = p.sport = p.dport = p.flags = p.seq = p.ack = p.window = p.payload_len = p.l4_len = 0
     p.tsval = p.mss = p.frag = p.error = p.inner = None
     p.l3_off = p.l4_off = p.payload_off = p.icmp_type = p.icmp_code = -1
     p.link_bcast = False
@@ -407,6 +409,16 @@ def _ipv6(p: Packet, data: bytes, off: int) -> Packet:
     return _transport(p, data, i, end, nxt)
 
 
+def _short(p: Packet, data: bytes, l4: int, have: int, flags_end: int) -> None:
+    """The fields a transport header cut short still holds: the ports from 4 bytes, and
+    from ``flags_end`` bytes (TCP) the flags byte."""
+    p.l4_len = max(have, 0)
+    if have >= _PORTS.size:
+        p.sport, p.dport = _PORTS.unpack_from(data, l4)
+    if flags_end and have >= flags_end:
+        p.flags = data[l4 + flags_end - 1]
+
+
 def _transport(p: Packet, data: bytes, l4: int, end: int, proto: int) -> Packet:
     """Parse the TCP/UDP/ICMP header at ``l4``; ``end`` is where the IP lengths end it."""
     dlen = len(data)
@@ -414,8 +426,11 @@ def _transport(p: Packet, data: bytes, l4: int, end: int, proto: int) -> Packet:
     have = (end if end < dlen else dlen) - l4
     if proto == _P_TCP:
         if have < _TCP_MIN:
+            # What there is still names the ports and the flags, as tcpdump prints them.
+            _short(p, data, l4, have, _TCP_FLAGS_END)
             p.error = f"TCP header cut short: {have} of {_TCP_MIN} bytes"
             return p
+        p.l4_len = _TCP_MIN
         p.sport, p.dport, p.seq, p.ack, offb, p.flags, p.window = _TCP.unpack_from(data, l4)
         hl = (offb >> _TCP_OFF_SHIFT) * _TCP_SCALE
         if hl < _TCP_MIN:
@@ -424,6 +439,7 @@ def _transport(p: Packet, data: bytes, l4: int, end: int, proto: int) -> Packet:
         if hl > have:
             p.error = f"TCP header cut short: {have} of {hl} bytes"
             return p
+        p.l4_len = hl
         if hl > _TCP_MIN:
             _tcp_options(p, data, l4 + _TCP_MIN, l4 + hl)
         p.payload_off = l4 + hl
@@ -431,8 +447,10 @@ def _transport(p: Packet, data: bytes, l4: int, end: int, proto: int) -> Packet:
         return p
     if proto == _P_UDP:
         if have < _UDP_LEN:
+            _short(p, data, l4, have, 0)
             p.error = f"UDP header cut short: {have} of {_UDP_LEN} bytes"
             return p
+        p.l4_len = _UDP_LEN
         p.sport, p.dport, ulen = _UDP.unpack_from(data, l4)
         # __udp4_lib_rcv() / udpv6_rcv(): a length below 8 or beyond the IP payload
         # is a short packet and is dropped; a shorter one trims the datagram.
