@@ -207,6 +207,7 @@ pkt_st = st.tuples(
     st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4, 5, 6]),      # kind: plain, badoff, frag, arp, vlan, ts option, bcast
     st.sampled_from([0.0001, 0.001, 0.05, 0.2, 61.0]),   # gap before
     st.sampled_from([0, 0, 0, 1, 100000, -5]),           # seq jump
+    st.sampled_from([0, 0, 0, 0, 0, 1000]),              # ack off by (not ISN+1 in a handshake)
 )
 
 
@@ -245,14 +246,14 @@ def _write(path, flows, pkts):
     t = 1_764_000_000.0
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
     seqs = {}
-    for fi, from_remote, flags, plen, kind, gap, jump in pkts:
+    for fi, from_remote, flags, plen, kind, gap, jump, *off in pkts:
         local, remote, lport, rport, proto = flows[fi % len(flows)]
         if (":" in local) != (":" in remote):
             remote = "fd01::2" if ":" in local else "10.1.0.2"
         src, dst, sport, dport = ((remote, local, rport, lport) if from_remote else (local, remote, lport, rport))
         key = (fi, from_remote)
         seqs[key] = seqs.get(key, 1000 * (fi + 1)) + jump
-        ack = seqs.get((fi, not from_remote), 5000)
+        ack = seqs.get((fi, not from_remote), 5000) + (off[0] if off else 0)
         t += gap
         data = _frame(_addr(src), _addr(dst), sport, dport, proto, flags, seqs[key], ack, plen, kind,
                       int(t * 1000) & 0xFFFFFFFF)
@@ -280,8 +281,16 @@ def test_generated_handshakes(tmp_path):
     pkts = []
     for rnd in range(30):
         for fi in range(3):
-            pkts += [(fi, True, 0x02, 0, 5, 0.001, 100000), (fi, False, 0x12, 0, 5, 0.001, 0),
-                     (fi, True, 0x10, 0, 5, 0.001, 0)]
+            pkts += [(fi, True, 0x02, 0, 5, 0.001, 100000), (fi, False, 0x12, 0, 5, 0.001, 0)]
+            if rnd % 4 == 3:
+                # A final ACK that misses our ISN (the SYN-ACK was cached: the kernel
+                # still knows the ISN), answered with RST, then the right one.
+                # (The RST's sequence number is that ACK's; the counter it moves is taken
+                # back by the right ACK's offset.)
+                pkts += [(fi, True, 0x10, 0, 5, 0.001, 0, 777), (fi, False, 0x04, 0, 0, 0.001, 776),
+                         (fi, True, 0x10, 0, 5, 0.001, 0, -776)]
+            else:
+                pkts += [(fi, True, 0x10, 0, 5, 0.001, 0)]
             pkts += [(fi, rnd % 2 == 0, 0x18, 100, 5, 0.001, 0) for _ in range(5)]
             close = [(fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0),
                      (fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0)]
@@ -295,4 +304,7 @@ def test_generated_handshakes(tmp_path):
     path = str(tmp_path / "h.pcap")
     _write(path, flows, pkts)
     assert _same(path, scen.loads(SCENARIO), 1) == len(pkts)
+    ref = io.BytesIO()
+    reference_jsonl(path, scen.loads(SCENARIO), 0, ref)
+    assert ref.getvalue().count(b"is not ISN+1") == 3 * 7 and ref.getvalue().count(b"RST to a segment") == 3 * 7
     _same(path, scen.loads(SCENARIO), 2, chunk=7)

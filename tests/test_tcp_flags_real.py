@@ -322,3 +322,95 @@ def test_late_segments_of_a_closed_connection(lab, tmp_path):
     recs = [eng.feed(f) for f in frames]
     assert [(recs[i].v.verdict, recs[i].v.reply) for i in probe_at] == [("reject", "rst")] * 2, \
         [recs[i].v.reason for i in probe_at]
+
+
+def test_handshake_acks_that_miss_our_isn(lab, tmp_path):
+    # tcp_check_req: a final ACK that acknowledges anything but ISN+1 goes to the
+    # listener, which answers RST; the request socket stays, and the right ACK then
+    # completes the handshake. A RST ends the request whatever it acknowledges (6.18).
+    # tcp_rcv_synsent_state_process: a SYN-ACK that acknowledges anything but ISN+1 gets
+    # a RST, and the connecting socket stays in SYN-SENT (a RST without ACK and an ACK
+    # without SYN are discarded) until the right one. The peer's side is scapy at the
+    # link layer (its kernel, without the address, answers nothing).
+    h, p, procs = lab
+    pcap = tmp_path / "isn.pcap"
+    dialer = LISTENER.replace("time.sleep(60)", f"""
+input()
+c = socket.socket()
+c.bind(("{HOST}", 40500))
+c.settimeout(8)
+try:
+    c.connect(("{PEER}", 9000))
+except OSError:
+    pass
+time.sleep(30)""")
+    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", dialer],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(srv)
+    deadline = time.monotonic() + 40
+    _wait_line(srv, "ready", deadline)
+    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
+                             "--immediate-mode", "-w", str(pcap), "tcp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(dump)
+    _wait_line(dump, "listening", deadline)
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    # Nobody answers ARP for the peer now: the host gets its link address by hand.
+    _ip("-n", h, "neigh", "replace", PEER, "lladdr", pmac, "dev", "vfl-h", "nud", "permanent")
+    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
+    # Passive, from :33000: a wrong final ACK, the right one, data. From :33001: a RST
+    # with a wrong ACK, then the right final ACK.
+    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
+import time
+for sport, probes in ((33000, (('A', 1001), ('A', 1), ('PA', 1))), (33001, (('RA', 2001), ('A', 1)))):
+    sa = srp1({e}/TCP(sport=sport, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
+    for fl, plus in probes:
+        time.sleep(0.3)
+        pkt = {e}/TCP(sport=sport, dport=80, flags=fl, seq=1001, ack=(sa[TCP].seq + plus) & 0xFFFFFFFF)
+        sendp(pkt / Raw(b'hello') if 'P' in fl else pkt, iface='vfl-p', verbose=0)
+time.sleep(0.3)
+""")
+    # Active: the host connects from :40500 to the peer's :9000; the peer answers with a
+    # wrong SYN-ACK, a RST without ACK, an ACK without SYN, then the right SYN-ACK.
+    sniffer = subprocess.Popen(["ip", "netns", "exec", p, sys.executable, "-c", f"""from scapy.all import *
+import time
+s = AsyncSniffer(iface='vfl-p', filter='tcp dst port 9000 and tcp[tcpflags] & tcp-syn != 0', count=1,
+                 started_callback=lambda: print('sniffing', flush=True))
+s.start()
+s.join(timeout=15)
+isn = s.results[0][TCP].seq
+for fl, plus in (('SA', 77), ('R', None), ('A', 1), ('SA', 1)):
+    sendp({e}/TCP(sport=9000, dport=40500, flags=fl, seq=7000, ack=0 if plus is None else (isn + plus) & 0xFFFFFFFF),
+          iface='vfl-p', verbose=0)
+    time.sleep(0.3)
+"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(sniffer)
+    _wait_line(sniffer, "sniffing", deadline)
+    srv.stdin.write(b"dial\n")
+    srv.stdin.flush()
+    sniffer.wait(timeout=30)
+    assert sniffer.returncode == 0, sniffer.stderr.read()[-2000:]
+    _stop(dump, 0.5)
+
+    frames, pkts = _read(pcap)
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    wrong = []
+    # (port, probes after the first, what the kernel sent back to each (RST/ACK, not the
+    # connecting socket's SYN retransmissions), what demux must say)
+    for port, skip, kernel, want in (
+            (33000, 1, [[0x04], [], [0x10]],
+             [("drop", "SYN-RECV", "rst"), ("deliver", "ESTAB", None), ("deliver", "ESTAB", None)]),
+            (33001, 1, [[], [0x04]], [("deliver", "CLOSE", None), ("reject", None, "rst")]),
+            (9000, 0, [[0x04], [], [], [0x10]],
+             [("drop", "SYN-SENT", "rst"), ("drop", "SYN-SENT", None), ("drop", "SYN-SENT", None),
+              ("deliver", "ESTAB", None)])):
+        at, answered = _answers(pkts, port, 0)
+        at, answered = at[skip:], answered[skip:]
+        seen = [[f & 0x17 for f in a if not f & 0x02] for a in answered]
+        assert seen == kernel, (port, seen)
+        got = [(recs[i].v.verdict, recs[i].v.state, recs[i].v.reply) for i in at]
+        if got != want:
+            wrong.append(f":{port}: {got} != {want}: {[recs[i].v.reason for i in at]}")
+    assert not wrong, "\n".join(wrong)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from demux.kernel.table import KEEPS_ISN, KEEPS_RCV
+
 # -- frame/packet columns (columns of the int64 array C[K, NCOL]: a frame's fields share cache lines) --------------------------
 N, TS, OFF, CAP, ORIG, IFID, LT = 0, 1, 2, 3, 4, 5, 6
 KIND, FAM, PROTO, SA_HI, SA_LO, DA_HI, DA_LO, SPORT, DPORT = 7, 8, 9, 10, 11, 12, 13, 14, 15
@@ -32,9 +34,10 @@ SLOW, FAST = 0, 1
 
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
 # Nine words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
-# its generation stamp, the shadowed rcv_nxt and timestamp, shadowed?, moved since?, and
-# which TCP segments the verdict is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns:
-# Kernel.steady's answer).
+# its generation stamp, what cached segments record for the kernel (F_SHADOW: Kernel.steady's
+# KEEPS_RCV, the rcv_nxt and timestamp in F_RCV and F_TSV, or KEEPS_ISN, the first
+# segment's sequence number in F_RCV), recorded since?, and which TCP segments the verdict
+# is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns: Kernel.steady's answer).
 F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 F_USED = 18
 F_KEY = 19            # 5 words: the flow's two endpoints and its protocol/interface word
@@ -420,16 +423,21 @@ def run(C, fst, vc, sc, start, k):
             # Not a segment the cached verdict is for, or past the entry's timer.
             if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
                 return i
-            if fst[s, F_SHADOW + F_DSTRIDE * d]:
+            keeps = fst[s, F_SHADOW + b]
+            if keeps == KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
                 end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
-                r = fst[s, F_RCV + F_DSTRIDE * d]
+                r = fst[s, F_RCV + b]
                 diff = (end - r) & 0xFFFFFFFF
                 if r == 0 or (diff != 0 and diff < 0x80000000):
-                    fst[s, F_RCV + F_DSTRIDE * d] = end
+                    fst[s, F_RCV + b] = end
                 if C[i, TSVAL] >= 0:
-                    fst[s, F_TSV + F_DSTRIDE * d] = C[i, TSVAL]
-                fst[s, F_DIRTY + F_DSTRIDE * d] = 1
+                    fst[s, F_TSV + b] = C[i, TSVAL]
+                fst[s, F_DIRTY + b] = 1
+            elif keeps == KEEPS_ISN and not fst[s, F_DIRTY + b]:
+                # The first SYN-ACK of a request socket carries our ISN.
+                fst[s, F_RCV + b] = C[i, SEQ]
+                fst[s, F_DIRTY + b] = 1
         C[i, VID] = v
         vc[v, 0] += 1
         vc[v, 1] += C[i, PLEN]

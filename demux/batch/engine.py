@@ -22,10 +22,11 @@ tests/test_batch.py hold them to the reference, packet for packet):
   ESTAB/CLOSE-WAIT with no FIN of ours outstanding, a request socket's SYN-ACK out and
   retransmitted SYN in, plain segments out of TIME-WAIT; each before the entry's timer (a
   margin before it: the kernel decides those with its own float arithmetic). Their
-  verdict is ``Kernel.steady_verdict``. The only thing such a segment changes is
-  ``rcv_nxt`` and the newest timestamp of an open connection (read later by
-  ``tcp_timewait_state_process``), which the loop keeps per flow and writes back into
-  the ``Conn`` before the flow's next packet reaches the kernel. A loopback segment is
+  verdict is ``Kernel.steady_verdict``. The only thing such a segment records is what
+  ``steady`` names: ``rcv_nxt`` and the newest timestamp of an open connection (read
+  later by ``tcp_timewait_state_process``), or a request socket's ISN from its first
+  SYN-ACK (the handshake's last ACK must acknowledge it), which the loop keeps per flow
+  and writes back into the ``Conn`` before the flow's next packet reaches the kernel. A loopback segment is
   both sent and received: both connections must be steady for it.
 - UDP: the verdict of the flow's previous datagram in the same direction, if it was
   ``deliver``/``outbound`` and the socket table did not change while it was decided
@@ -72,6 +73,7 @@ from demux.batch import _nb
 from demux.capture import MAX_RECORD, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record, ts_text
 from demux.kernel import Verdict
+from demux.kernel.table import KEEPS_ISN, KEEPS_NOTHING
 from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
 from demux.wire import flag_string, parse
@@ -349,7 +351,8 @@ class BatchEngine:
     # ---- the flow cache --------------------------------------------------------------
 
     def _sync(self, s: int) -> None:
-        """Write the rcv_nxt/timestamp the cached packets moved back into the Conns."""
+        """Write what the cached packets recorded (rcv_nxt and timestamp, or our ISN) back
+        into the Conns."""
         conns = self.shadowed.pop(s, None)
         if conns is None:
             return
@@ -358,10 +361,14 @@ class BatchEngine:
             b = s * _nb.NFS + _nb.F_DSTRIDE * d
             c = conns[d]
             if c is not None and fm[b + _nb.F_DIRTY]:
-                c.rcv_nxt = fm[b + _nb.F_RCV]
-                tsv = fm[b + _nb.F_TSV]
-                if tsv >= 0:
-                    c.tsval = tsv
+                if fm[b + _nb.F_SHADOW] == KEEPS_ISN:
+                    if c.snd_isn is None:
+                        c.snd_isn = fm[b + _nb.F_RCV]
+                else:
+                    c.rcv_nxt = fm[b + _nb.F_RCV]
+                    tsv = fm[b + _nb.F_TSV]
+                    if tsv >= 0:
+                        c.tsval = tsv
             fm[b + _nb.F_SHADOW] = 0
             fm[b + _nb.F_DIRTY] = 0
 
@@ -401,8 +408,8 @@ class BatchEngine:
         (both flag tests at once; None when they contradict or it is not steady)."""
         co = self.k.est.get(key_out)
         qo = self.k.steady(co, "out") if co is not None else None
-        if qo is None:
-            return None
+        if qo is None or qo[3] != KEEPS_NOTHING:
+            return None           # (the loop keeps one record per direction: the receiver's)
         common = q[0] & qo[0]
         if q[1] & common != qo[1] & common:
             return None
@@ -434,21 +441,21 @@ class BatchEngine:
                             q = self._also_sent(q, key_out)
                     if q is not None:
                         vid = self._vid_conn(direction, c)
-                        mask, val, until, moves = q
+                        mask, val, until, keeps = q
                         fm[b + _nb.F_MASK] = mask
                         fm[b + _nb.F_VAL] = val
                         # Packets this close to the timer go to the kernel, which decides
                         # with exact float arithmetic whether the entry is gone.
                         fm[b + _nb.F_UNTIL] = (_INT64_MAX if until > _UNTIL_MAX_S else
                                                int(until * 1e9) - _EVENT_MARGIN_NS)
-                        if moves:
+                        if keeps:
                             if conns is None:
                                 conns = [None, None]
                             conns[dd] = c
-                            # rcv_nxt, timestamp, shadowed, not moved yet
+                            # rcv_nxt, timestamp, what is recorded, nothing recorded yet
                             fm[b + _nb.F_RCV] = c.rcv_nxt
                             fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
-                            fm[b + _nb.F_SHADOW] = 1
+                            fm[b + _nb.F_SHADOW] = keeps
                             fm[b + _nb.F_DIRTY] = 0
                 if vid >= 0 and self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)

@@ -30,6 +30,8 @@ _SYN_FIN_RST = SYN | FIN | RST
 _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
+# What the segments ``Kernel.steady`` names still record (its last item).
+KEEPS_NOTHING, KEEPS_RCV, KEEPS_ISN = 0, 1, 2
 _ENDED_KEPT = 1 << 16
 _SEND_RESET = {4: "tcp_v4_send_reset", 6: "tcp_v6_send_reset"}
 _UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
@@ -100,7 +102,7 @@ class Conn:
     """A TCP connection in the established hash: request socket, full socket or TIME-WAIT."""
 
     __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
-                 "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued")
+                 "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued", "snd_isn")
 
     def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
         self.key = key
@@ -118,6 +120,7 @@ class Conn:
         self.reason = reason
         self.desc = None
         self.queued = False           # waiting in the listener's accept queue
+        self.snd_isn = None           # our initial sequence number, once our SYN or SYN-ACK is seen
 
     def describe(self) -> str:
         if self.desc is None:
@@ -752,14 +755,16 @@ class Kernel:
         return c
 
     @staticmethod
-    def steady(c: Conn, direction: str) -> tuple[int, int, float, bool] | None:
+    def steady(c: Conn, direction: str) -> tuple[int, int, float, int] | None:
         """Which segments of connection ``c`` travelling ``direction`` ("in"/"out") change
         nothing in any table, so a faster engine may give them ``steady_verdict``
         without asking again: those whose flags byte ``& mask == value``, arriving before
         ``until`` (absolute seconds; a timer ends the entry then). The last item says
-        whether they move ``rcv_nxt`` and the newest timestamp, the only thing such a
-        segment updates (kept for TIME-WAIT's reopening test). None: any segment may
-        change something. The paths this summarises, which use ``steady_verdict`` (the
+        what such a segment still records, the only thing it updates: KEEPS_RCV, it
+        moves ``rcv_nxt`` and the newest timestamp (kept for TIME-WAIT's reopening
+        test); KEEPS_ISN, the first one's sequence number is our ISN (``snd_isn``, which
+        the handshake's last ACK must acknowledge); else KEEPS_NOTHING. None: any
+        segment may change something. The paths this summarises, which use ``steady_verdict`` (the
         straight paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
 
@@ -775,15 +780,17 @@ class Kernel:
             if c.expire or c.fin_out is not None:
                 return None
             if direction == "in":
-                return _SYN_FIN_RST_ACK, ACK, _INF, True       # (without ACK: discarded, _conn_in)
-            return _SYN_FIN_RST, 0, _INF, False
+                return _SYN_FIN_RST_ACK, ACK, _INF, KEEPS_RCV     # (without ACK: discarded, _conn_in)
+            return _SYN_FIN_RST, 0, _INF, KEEPS_NOTHING
         if not c.expire:
             return None
         if st == ts.SYN_RECV:
-            return (SYN, SYN, c.expire, False) if direction == "out" else (SYN | ACK | RST, SYN, c.expire, False)
+            if direction == "out":
+                return SYN, SYN, c.expire, (KEEPS_ISN if c.snd_isn is None else KEEPS_NOTHING)
+            return SYN | ACK | RST, SYN, c.expire, KEEPS_NOTHING
         if st == ts.TIME_WAIT and direction == "out":
             # (a segment in restarts the timer: inet_twsk_reschedule)
-            return _SYN_FIN_RST, 0, c.expire, False
+            return _SYN_FIN_RST, 0, c.expire, KEEPS_NOTHING
         return None
 
     @staticmethod
@@ -1041,6 +1048,42 @@ class Kernel:
             return ts.FIN_ACK_FIN if acks_fin else ts.FIN
         return ts.ACK_FIN if acks_fin else ts.ACK
 
+    @staticmethod
+    def _handshake_ack(c: Conn, p) -> Verdict | None:
+        """A segment on a connection whose SYN or SYN-ACK we sent: the verdict when the
+        handshake's rules discard it, else None. Only ISN+1 acknowledges our SYN.
+
+        - SYN-RECV (``tcp_check_req``): a segment with ACK, without RST, that
+          acknowledges anything else goes to the listener, which answers RST (``if
+          (th->ack) return 1`` in TCP_LISTEN); the request socket stays. (A RST ends the
+          request whatever it acknowledges: measured on 6.18.)
+        - SYN-SENT (``tcp_rcv_synsent_state_process``): such an ACK gets a RST
+          (reset_and_undo), one with RST is ignored; a RST without ACK and an ACK
+          without SYN are discarded. The socket stays in SYN-SENT."""
+        flags = p.flags
+        isn = c.snd_isn
+        syn_recv = c.state == ts.SYN_RECV
+        if (flags & ACK and isn is not None and p.ack != (isn + 1) & 0xFFFFFFFF
+                and not (syn_recv and flags & RST)):
+            sock = c.listener.describe() if syn_recv and c.listener else c.describe()
+            if flags & RST:
+                return Verdict("drop", f"RST acknowledges {p.ack}, not our SYN ({(isn + 1) & 0xFFFFFFFF}): "
+                               f"ignored (tcp_rcv_synsent_state_process); {c.describe()[4:]} stays",
+                               c.proc, c.fd, sock, c.state)
+            who = ("tcp_check_req hands it to the listener, which" if syn_recv
+                   else "tcp_rcv_synsent_state_process: the socket")
+            return Verdict("drop", f"ACK {p.ack} is not ISN+1 ({(isn + 1) & 0xFFFFFFFF}): {who} answers RST "
+                           f"({_SEND_RESET[c.family]}); {c.describe()[4:]} stays", c.proc, c.fd, sock,
+                           c.state, reply="rst")
+        if c.state == ts.SYN_SENT:
+            if flags & RST and not flags & ACK:
+                return Verdict("drop", f"RST without ACK for {c.describe()[4:]}: ignored "
+                               "(tcp_rcv_synsent_state_process)", c.proc, c.fd, c.describe(), c.state)
+            if flags & ACK and not flags & (SYN | RST):
+                return Verdict("drop", f"ACK without SYN for {c.describe()[4:]}: discarded "
+                               "(tcp_rcv_synsent_state_process)", c.proc, c.fd, c.describe(), c.state)
+        return None
+
     def _conn_in(self, c: Conn, p, now, steps) -> Verdict:
         flags = p.flags
         if not flags & (ACK | SYN | RST):
@@ -1060,6 +1103,10 @@ class Kernel:
                 return Verdict("drop", f"SYN on {c.describe()[4:]}: answered with a challenge ACK and "
                                "discarded (tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(),
                                c.state)
+        if c.state in _UNSYNCHRONIZED:
+            v = self._handshake_ack(c, p)
+            if v is not None:
+                return v
         ev = self._event(flags, p.ack, c)
         end = (p.seq + p.payload_len + (1 if flags & (SYN | FIN) else 0)) & 0xFFFFFFFF
         if c.state == ts.SYN_RECV:
@@ -1147,6 +1194,7 @@ class Kernel:
                          f"unknown local client: {self.ephemeral_note(p.sport)}")
             self.est[key] = c
             c.fin_out = None
+            c.snd_isn = p.seq
             return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), ts.SYN_SENT)
         if flags & SYN and flags & ACK:
             l, reason = self._listener(p.ifname, p.src, p.sport, p.dst, p.dport, steps)
@@ -1155,6 +1203,7 @@ class Kernel:
                 c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
                 c.expire = now + ts.SYN_RECV_SECONDS
                 c.rcv_nxt = c.rcv_start = p.ack
+                c.snd_isn = p.seq
                 self.est[key] = c
                 self._arm(c)
                 return Verdict("outbound", reason, l.proc, l.fd, l.describe(), ts.SYN_RECV)
@@ -1162,7 +1211,15 @@ class Kernel:
 
     def _conn_out(self, c: Conn, p, now, steps) -> Verdict:
         flags = p.flags
+        if (flags & RST and c.state in _UNSYNCHRONIZED and c.snd_isn is not None
+                and p.seq != (c.snd_isn + 1) & 0xFFFFFFFF):
+            # Not this socket's own reset (that one carries ISN+1): the kernel's answer to
+            # a segment that acknowledged something else (_handshake_ack); it stays.
+            return Verdict("outbound", f"the kernel's RST to a segment that acknowledged {p.seq}, not our "
+                           f"SYN; {c.describe()[4:]} stays", c.proc, c.fd, c.describe(), c.state)
         if c.state == ts.SYN_RECV and flags & SYN:
+            if c.snd_isn is None:
+                c.snd_isn = p.seq         # the SYN-ACK: retransmissions carry the same ISN
             return self.steady_verdict(c, "out")
         ev = self._event(flags, 0, c)
         if flags & FIN and c.fin_out is None:
