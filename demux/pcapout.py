@@ -146,6 +146,12 @@ class PcapWriter(_Output):
         self._write(data)
         self.count += 1
 
+    def write_records(self, records, count: int) -> None:
+        """``count`` records already in this file's format (header and data each, the data
+        cut to ``snaplen``), as ``write`` makes them: the batch engine builds a chunk's."""
+        self._write(records)
+        self.count += count
+
     def write_frame(self, frame) -> None:
         """Copy a ``demux.capture.Frame`` (its link type must be this file's)."""
         if frame.linktype != self.linktype:

@@ -32,6 +32,43 @@ HERE = os.path.dirname(__file__)
 PCAPS = sorted(glob.glob(os.path.join(HERE, "..", "pcaps", "*.pcap*")))
 
 
+def _files(d):
+    return {os.path.relpath(os.path.join(r, f), d): open(os.path.join(r, f), "rb").read()
+            for r, _, fs in os.walk(d) for f in fs}
+
+
+def _same_files(path, sc, tmp, workers=1, **tuning):
+    """--split and --annotate: the batch engine's files byte for byte the reference's."""
+    from demux.engine import Engine
+    from demux.capture import open_capture
+    from demux.render.outputs import OutputSet
+    from demux.render.split import AnnotateSink, SplitSink
+    made = {}
+    for engine in ("reference", "batch"):
+        d = os.path.join(tmp, engine)
+        with OutputSet() as outputs:
+            sinks = [SplitSink(os.path.join(d, "split"), sc.processes, outputs),
+                     AnnotateSink(os.path.join(d, "notes.pcapng"), outputs)]
+            if engine == "reference":
+                eng = Engine(sc, 0)
+                with open_capture(path) as reader:
+                    for frame in reader:
+                        rec = eng.feed(frame)
+                        for sk in sinks:
+                            sk.write(rec)
+                summary = None
+            else:
+                summary, _, _ = replay_batch(path, sc, 0, workers, None, sinks, **tuning)
+            for sk in sinks:
+                sk.close(summary)
+            outputs.commit()
+        made[engine] = _files(d)
+    assert made["reference"].keys() == made["batch"].keys()
+    for name, data in made["reference"].items():
+        assert made["batch"][name] == data, name
+    return made["batch"]
+
+
 def _same(path, sc, workers=1, **tuning):
     ref = io.BytesIO()
     rs, rw, rn = reference_jsonl(path, sc, 0, ref)
@@ -58,6 +95,14 @@ def test_pcaps(path, workers):
     assert _same(path, sc, workers) > 0
 
 
+@pytest.mark.parametrize("path", PCAPS, ids=os.path.basename)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pcaps_split_and_annotate(path, workers, tmp_path):
+    sc = load_or_infer(path, path.rsplit(".", 1)[0] + ".toml")
+    files = _same_files(path, sc, str(tmp_path), workers)
+    assert "notes.pcapng" in files and "split/rejected.pcap" in files
+
+
 @pytest.mark.parametrize("path", PCAPS[:3] + [p for p in PCAPS if p.endswith(".pcapng")], ids=os.path.basename)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_pcaps_tiny_buffers(path, workers):
@@ -79,6 +124,13 @@ def synth_capture(tmp_path_factory):
 def test_synthetic(synth_capture, workers):
     path, sc = synth_capture
     assert _same(path, sc, workers) > 30_000
+
+
+def test_synthetic_split_and_annotate(synth_capture, tmp_path):
+    path, sc = synth_capture
+    files = _same_files(path, sc, str(tmp_path / "a"))
+    assert len(files["split/nginx-1201.pcap"]) > 100_000        # the cache's packets are in it
+    _same_files(path, sc, str(tmp_path / "b"), 2, chunk=333, flow_capacity=64, read_size=5000)
 
 
 def test_synthetic_small_table(synth_capture):
@@ -104,6 +156,16 @@ def test_cli_engines_print_the_same(synth_capture, tmp_path):
     for fmt in ("--summary", "--format"):
         assert runs["batch", fmt] == runs["reference", fmt]
         assert b"never reassembled" in runs["batch", fmt][2]
+    # --split and --annotate on the command line: the same files from both engines.
+    made = {}
+    for engine in ("reference", "batch"):
+        d = tmp_path / engine
+        r = subprocess.run(["demux", "replay", path, "-s", str(toml), "--engine", engine, "--summary",
+                            "--split", str(d / "split"), "--annotate", str(d / "a.pcapng")],
+                           capture_output=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        made[engine] = (r.stdout, _files(str(d)))
+    assert made["batch"] == made["reference"]
 
 
 def test_truncated(synth_capture, tmp_path):
@@ -272,6 +334,8 @@ def test_generated_traffic(tmp_path, flows, pkts, workers, chunk):
     _write(path, flows, pkts)
     _same(path, scen.loads(SCENARIO), workers, chunk=chunk, flow_capacity=16 if chunk == 5 else 4096,
           gc_floor=2 if chunk == 5 else 1 << 15)
+    _same_files(path, scen.loads(SCENARIO), str(tmp_path / "files"), workers, chunk=chunk,
+                flow_capacity=16 if chunk == 5 else 4096)
 
 
 def test_generated_handshakes(tmp_path):

@@ -17,24 +17,25 @@ AUTO_MIN_BYTES = 32 << 20
 
 
 def usable(args, auto: bool = False) -> bool:
-    """Can ``demux replay`` with these arguments run on the batch engine? With ``auto``,
-    also: is the capture big enough for it to pay?"""
+    """Can ``demux replay`` with these arguments run on the batch engine (a capture file;
+    jsonl or the summary on standard output, with or without --split/--annotate)? With
+    ``auto``, also: is the capture big enough for it to pay?"""
     if args.capture == "-" or not os.path.isfile(args.capture):
-        return False
-    if getattr(args, "split", None) or getattr(args, "annotate", None):
         return False
     if not (args.summary or args.format == "jsonl"):
         return False
     return not auto or os.path.getsize(args.capture) >= AUTO_MIN_BYTES
 
 
-def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None, **tuning):
+def replay_batch(capture_path: str, scenario, seed: int = 0, workers: int = 1, jsonl_out=None, sinks=(),
+                 **tuning):
     """Replay ``capture_path``; jsonl lines go to the binary stream ``jsonl_out`` (None:
     count only). Returns (Summary, warning or None, notes), as the reference loop ends
-    with (notes: ``Engine.finish``'s lines).
-    ``tuning``: flow_capacity, chunk, read_size (tests make them tiny)."""
+    with (notes: ``Engine.finish``'s lines). ``sinks``: the --split/--annotate sinks of
+    demux.render.split, each written every frame's Record in capture order (closed by the
+    caller). ``tuning``: flow_capacity, chunk, read_size (tests make them tiny)."""
     from demux.batch.engine import BatchEngine
-    eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers, **tuning)
+    eng = BatchEngine(scenario, seed, jsonl_out=jsonl_out, workers=workers, sinks=sinks, **tuning)
     return eng.run(capture_path)
 
 

@@ -555,3 +555,37 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
         else:
             o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
     return o
+
+
+@njit(cache=True, nogil=True)
+def pcap_records(C, buf, idx, out, nanos, snaplen):
+    """The pcap records (``PcapWriter.write``'s format: the 16-byte header, the data cut
+    to ``snaplen``) of frames ``idx`` of chunk C into ``out``; returns the bytes written,
+    or -1 - j when frame idx[j] has a timestamp a pcap record cannot hold (1970 to 2106)."""
+    o = 0
+    for j in range(idx.shape[0]):
+        i = idx[j]
+        ns = C[i, TS]
+        if ns < 0:
+            return -1 - j
+        sec = ns // 1000000000
+        frac = ns % 1000000000
+        if not nanos:
+            frac = (frac + 500) // 1000           # nearest microsecond
+            if frac == 1000000:
+                sec += 1
+                frac = 0
+        if sec > 0xFFFFFFFF:
+            return -1 - j
+        n = min(C[i, CAP], snaplen)
+        orig = max(C[i, ORIG], n)
+        for w, x in enumerate((sec, frac, n, orig)):
+            out[o + 4 * w] = x & 0xFF
+            out[o + 4 * w + 1] = (x >> 8) & 0xFF
+            out[o + 4 * w + 2] = (x >> 16) & 0xFF
+            out[o + 4 * w + 3] = (x >> 24) & 0xFF
+        o += 16
+        off = C[i, OFF]
+        out[o:o + n] = buf[off:off + n]
+        o += n
+    return o

@@ -48,6 +48,12 @@ the fields after ``len``). A packet that went to the kernel and that ``_nb.parse
 gets the same line start, with the fields after ``len`` written from its Record; any
 other packet is encoded whole from its Record.
 
+``--split`` and ``--annotate`` (demux.render.split's sinks) get every frame's Record in
+capture order: the kernel's for packets that went to it, one made from the cached
+verdict for the rest. A split sink takes a chunk at once: its files are chosen by the
+verdict's name and process, and each file's frames of the chunk become one run of pcap
+records in numba (``_nb.pcap_records``).
+
 A capture the walker cannot finish (damage part-way, a pcapng interface with an
 unsupported link type or timestamp resolution) is finished with the reference reader
 from the first frame not yet replayed, on the same kernel: same records, same warning.
@@ -70,7 +76,7 @@ from collections import deque
 import numpy as np
 
 from demux.batch import _nb
-from demux.capture import MAX_RECORD, CaptureReader, _PCAP_MAGICS, _Damage, open_capture
+from demux.capture import MAX_RECORD, CaptureReader, Frame, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record, ts_text
 from demux.kernel import Verdict
 from demux.kernel.table import KEEPS_ISN, KEEPS_NOTHING
@@ -165,7 +171,8 @@ class BatchEngine:
     """Replays one capture against one scenario; ``run`` returns (Summary, warning)."""
 
     def __init__(self, scenario, seed: int = 0, flow_capacity: int = 1 << 17, chunk: int = 1 << 13,
-                 jsonl_out=None, workers: int = 1, read_size: int = _READ, gc_floor: int = 1 << 15):
+                 jsonl_out=None, workers: int = 1, read_size: int = _READ, gc_floor: int = 1 << 15,
+                 sinks=()):
         self.scenario = scenario
         self.eng = Engine(scenario, seed)
         self.k = self.eng.kernel
@@ -206,6 +213,11 @@ class BatchEngine:
         self.slow_packets = 0
         self.ifnames: list[str | None] = []
         self.out = jsonl_out
+        # --split/--annotate: each gets every frame's Record, in capture order (_to_sinks).
+        self.sinks = list(sinks)
+        self.slow_recs: dict[int, Record] = {}
+        # Verdicts whole (jsonl, annotations), or only their name and process (counts, split).
+        self.exact = jsonl_out is not None or any(sk.whole_verdicts for sk in self.sinks)
         self.enc = _encoder()
         self.value = _value_encoder(self.enc)
         self.tarena = _Arena()
@@ -261,11 +273,11 @@ class BatchEngine:
 
     def _vid_conn(self, direction: str, c) -> int:
         """The id of the verdict ``Kernel.steady_verdict`` gives connection ``c``'s steady
-        segments (interned on what that verdict is made of). Without jsonl only the
-        verdict's name and process are counted, and those depend on the direction, the
+        segments (interned on what that verdict is made of). Without jsonl or annotations
+        only the verdict's name and process are used, and those depend on the direction, the
         state and the process alone (steady_verdict says so): one id then serves every
         connection alike, instead of a verdict built and interned per connection."""
-        key = (direction, c, c.state, c.fd, c.reason) if self.out is not None else (direction, c.proc, c.state)
+        key = (direction, c, c.state, c.fd, c.reason) if self.exact else (direction, c.proc, c.state)
         vid = self.vids.get(key)
         if vid is not None:
             return vid
@@ -548,6 +560,8 @@ class BatchEngine:
         rec, quiet = self._decide(p)
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
+        if self.sinks:
+            self.slow_recs[i] = rec
         if self.out is not None:
             if (s >= 0 and self._ts_fine and rec.packet is p
                     and p.payload_len == self.Cm[o + _nb.PLEN] and p.flags & 0xFF == self.Cm[o + _nb.FLAGS]):
@@ -584,10 +598,109 @@ class BatchEngine:
                 break
             slow(buf, i)
             i += 1
+        if self.sinks:
+            self._to_sinks(buf, k)
         if self.out is not None:
             self._emit(k)
         if len(self.vids) > self.gc_at:
             self._gc()
+
+    def _to_sinks(self, buf, k: int) -> None:
+        """--split/--annotate: every frame of the chunk and its Record (the kernel's, or one
+        made from the cached verdict), in capture order, before the buffer is reused. A
+        split sink (files chosen by verdict and process only) takes the chunk at once."""
+        Cm, bufm, vlist, names, slow = self.Cm, self.bufm, self.vlist, self.ifnames, self.slow_recs
+        writes = []
+        for sk in self.sinks:
+            if hasattr(sk, "targets"):
+                self._split_chunk(sk, buf, k)
+            else:
+                writes.append(sk.write)
+        if not writes:
+            slow.clear()
+            return
+        ncol, last, vcol = _nb.NCOL, _nb.LT + 1, _nb.VID
+        for i in range(k):
+            o = i * ncol
+            n, ns, off, cap, orig, ifid, lt = Cm[o:o + last].tolist()
+            frame = Frame(n, ns / 1000000000, ns, lt, bufm[off:off + cap].tobytes(), orig,
+                          names[ifid] if ifid >= 0 else None, -1)
+            rec = slow.get(i)
+            if rec is not None:
+                rec.frame = frame
+            else:
+                direction, v, _key = vlist[Cm[o + vcol]]
+                rec = Record(n, frame.ts, None, direction, v, frame)
+            for write in writes:
+                write(rec)
+        slow.clear()
+
+    def _frame(self, i: int) -> Frame:
+        n, ns, off, cap, orig, ifid, lt = self.Cm[i * _nb.NCOL:i * _nb.NCOL + _nb.LT + 1].tolist()
+        return Frame(n, ns / 1000000000, ns, lt, self.bufm[off:off + cap].tobytes(), orig,
+                     self.ifnames[ifid] if ifid >= 0 else None, -1)
+
+    def _split_chunk(self, sink, buf, k: int) -> None:
+        """``SplitSink.write`` for a whole chunk: each file's frames, in capture order, as
+        one run of pcap records (``_nb.pcap_records``)."""
+        C = self.C
+        if k == 0:
+            return
+        sink.saw(int(C[0, _nb.LT]))
+        stems: dict[str, int] = {}
+        order: list[str] = []
+
+        def ids(v) -> list[int]:
+            out = []
+            for stem in sink.targets(v):
+                t = stems.get(stem)
+                if t is None:
+                    t = stems[stem] = len(order)
+                    order.append(stem)
+                out.append(t)
+            return out
+        vid = C[:k, _nb.VID]
+        tgt = np.full(k, -1, np.int64)
+        extra: dict[int, list[int]] = {}        # frames that go to several files
+        cached = vid >= 0
+        if cached.any():
+            uniq = np.unique(vid[cached])
+            table = np.full(int(uniq[-1]) + 1, -1, np.int64)
+            for v in uniq.tolist():
+                t = ids(self.vlist[v][1])
+                if len(t) == 1:
+                    table[v] = t[0]
+                elif t:
+                    table[v] = -2
+                    for i in np.flatnonzero(vid == v).tolist():
+                        for x in t:
+                            extra.setdefault(x, []).append(i)
+            tgt[cached] = table[vid[cached]]
+        for i, rec in self.slow_recs.items():
+            t = ids(rec.v)
+            if len(t) == 1:
+                tgt[i] = t[0]
+            for x in (t if len(t) > 1 else ()):
+                extra.setdefault(x, []).append(i)
+        lts = C[:k, _nb.LT]
+        for t, stem in enumerate(order):
+            mine = np.flatnonzero(tgt == t)
+            if t in extra:
+                mine = np.sort(np.concatenate((mine, np.array(extra[t], np.int64))), kind="stable")
+            for lt in np.unique(lts[mine]).tolist():
+                idx = mine[lts[mine] == lt] if lts[mine].min() != lts[mine].max() else mine
+                w = sink.file(stem, lt)
+                out = np.empty(16 * len(idx) + int(C[idx, _nb.CAP].sum()), np.uint8)
+                n = _nb.pcap_records(C, buf, idx, out, w.nanos, w.snaplen)
+                if n < 0:
+                    # A timestamp no pcap holds: the records before it, then the frame
+                    # itself through SplitSink, which refuses it with its words.
+                    bad = -1 - n
+                    if bad:
+                        n = _nb.pcap_records(C, buf, idx[:bad], out, w.nanos, w.snaplen)
+                        w.write_records(memoryview(out)[:n], bad)
+                    sink.put(w, self._frame(int(idx[bad])))
+                w.write_records(memoryview(out)[:n], len(idx))
 
     def _emit(self, k: int) -> None:
         sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
@@ -856,6 +969,8 @@ class BatchEngine:
                     self._first_ns = frame.ts_ns
                 p = parse(frame.n, frame.ts, frame.linktype, frame.data, frame.ifname, frame.orig_len)
                 rec, _ = self._decide(p, frame)
+                for sink in self.sinks:
+                    sink.write(rec)
                 if self.out is not None:
                     self.out.write((rec.jsonl(enc) + "\n").encode())
             return reader.warning

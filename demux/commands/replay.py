@@ -84,7 +84,7 @@ def _run(args, capture, outputs) -> int:
             # --workers asks for the batch engine whatever the size of the capture.
             engine = "batch" if batch.usable(args, auto=args.workers == 1) else "reference"
         if engine == "batch":
-            return _run_batch(args, capture, scenario, batch)
+            return _run_batch(args, capture, scenario, batch, outputs)
     if args.workers != 1:
         raise DemuxError("--workers needs the batch engine: a capture file with --format jsonl or --summary")
     # The capture is opened (and its header checked) before any output: an unreadable
@@ -156,14 +156,25 @@ def _run(args, capture, outputs) -> int:
     return 0
 
 
-def _run_batch(args, capture, scenario, batch) -> int:
-    """The batch engine: the same records as the reference engine, faster on big files."""
+def _run_batch(args, capture, scenario, batch, outputs) -> int:
+    """The batch engine: the same records and files as the reference engine, faster on
+    big files."""
     if not batch.usable(args):
         raise DemuxError("--engine batch replays a capture file with --format jsonl or --summary "
-                         "(not standard input, --split, --annotate, table or csv)")
+                         "(not standard input, table or csv)")
+    files = []
+    if args.split:
+        from demux.render.split import SplitSink
+        files.append(SplitSink(args.split, scenario.processes, outputs))
+    if args.annotate:
+        from demux.render.split import AnnotateSink
+        files.append(AnnotateSink(args.annotate, outputs))
     sys.stdout.flush()
     out = None if args.summary else sys.stdout.buffer
-    summary, warning, notes = batch.replay_batch(capture, scenario, args.seed, args.workers, out)
+    summary, warning, notes = batch.replay_batch(capture, scenario, args.seed, args.workers, out, files)
+    for s in files:
+        s.close(summary)
+    outputs.commit()
     for line in notes:
         print(f"demux replay: note: {line}", file=sys.stderr)
     if args.summary:

@@ -45,6 +45,8 @@ class SplitSink:
     goes to a sibling file named after that link type, so nothing is lost. A file that
     gets no frame is written empty, with the capture's first link type."""
 
+    whole_verdicts = False      # only the verdict's name and process decide a frame's file
+
     def __init__(self, directory: str, processes, outputs):
         outputs.makedirs(directory)
         self.dir = directory
@@ -66,6 +68,10 @@ class SplitSink:
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name + ".pcap")
 
+    def file(self, stem: str, linktype: int) -> PcapWriter:
+        """The file of ``stem`` for frames of ``linktype``."""
+        return self._open(stem, linktype)
+
     def _open(self, stem: str, linktype: int) -> PcapWriter:
         first = self._first_lt.setdefault(stem, linktype)
         name = stem if linktype == first else f"{stem}.{linktype_name(linktype).split(' ')[0]}"
@@ -83,23 +89,28 @@ class SplitSink:
             stem = self._stems[(proc.name, proc.pid)] = file_stem(proc.name, proc.pid)
         return stem
 
+    def targets(self, v) -> list[str]:
+        """The stems of the files a frame with verdict ``v`` goes to, in order."""
+        if v.verdict == "deliver":
+            return [self._stem(proc) for proc, _ in (v.copies if v.copies else ((v.proc, v.fd),))
+                    if proc is not None]
+        return ["rejected"] if v.verdict == "reject" else []
+
+    def saw(self, linktype: int) -> None:
+        """A frame of ``linktype`` came (the first one's is the empty files' link type)."""
+        if self._linktype is None:
+            self._linktype = linktype
+
     def write(self, rec) -> None:
         f = rec.frame
         if f is None:
             return
-        if self._linktype is None:
-            self._linktype = f.linktype
-        v = rec.v
-        if v.verdict == "deliver":
-            targets = v.copies if v.copies else ((v.proc, v.fd),)
-            for proc, _ in targets:
-                if proc is not None:
-                    self._put(self._open(self._stem(proc), f.linktype), f)
-        elif v.verdict == "reject":
-            self._put(self._open("rejected", f.linktype), f)
+        self.saw(f.linktype)
+        for stem in self.targets(rec.v):
+            self.put(self._open(stem, f.linktype), f)
 
     @staticmethod
-    def _put(w: PcapWriter, f) -> None:
+    def put(w: PcapWriter, f) -> None:
         try:
             w.write(f.ts_ns, f.data, f.orig_len)
         except ValueError as err:
@@ -129,6 +140,8 @@ def annotation(rec) -> str:
 
 class AnnotateSink:
     """OUT: the whole capture as pcapng, a ``demux:`` comment on every packet."""
+
+    whole_verdicts = True       # the comment shows every field of the verdict
 
     def __init__(self, path: str, outputs):
         self.path = path
