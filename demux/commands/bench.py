@@ -150,6 +150,30 @@ def replay_batch(path: str, scenario, jsonl: bool = False, workers: int = 1) -> 
     return s.packets
 
 
+def replay_split(path: str, scenario, engine: str) -> int:
+    """``demux replay --summary --split DIR`` with one engine, DIR a temporary directory."""
+    from demux.batch import replay_batch as rb
+    from demux.render.outputs import OutputSet
+    from demux.render.split import SplitSink
+    from demux.render.summary import Summary
+    with tempfile.TemporaryDirectory() as d, OutputSet() as outputs:
+        sink = SplitSink(os.path.join(d, "split"), scenario.processes, outputs)
+        if engine == "batch":
+            s, _, _ = rb(path, scenario, 0, 1, None, [sink])
+        else:
+            from demux.capture import open_capture
+            from demux.engine import Engine
+            eng, s = Engine(scenario, 0), Summary(scenario)
+            with open_capture(path) as reader:
+                for frame in reader:
+                    rec = eng.feed(frame)
+                    s.add(rec)
+                    sink.write(rec)
+        sink.close(s)
+        outputs.commit()
+    return s.packets
+
+
 def timed(fn, *a, **kw) -> tuple[int, float]:
     t = time.perf_counter()
     n = fn(*a, **kw)
@@ -193,10 +217,12 @@ def run(args) -> int:
         add("demux replay, batch engine, --summary", replay_batch, path, scenario)
         if two:
             add("  the same, --workers 2", replay_batch, path, scenario, False, 2)
+        add("  the same, --split DIR", replay_split, path, scenario, "batch")
         add("demux replay, batch engine, jsonl > /dev/null", replay_batch, path, scenario, True)
         if two:
             add("  the same, --workers 2", replay_batch, path, scenario, True, 2)
         add("demux replay, reference engine, --summary", replay_reference, path, scenario)
+        add("  the same, --split DIR", replay_split, path, scenario, "reference")
         add("demux batch parse (numba walk + headers)", ours_batch_parse, path)
         add("demux.wire.parse loop", ours_parse, path)
         add("dpkt loop", peer_dpkt, path)
@@ -211,8 +237,10 @@ def run(args) -> int:
             add("demux replay, batch engine, --summary", replay_batch, long_path, scenario)
             if two:
                 add("  the same, --workers 2", replay_batch, long_path, scenario, False, 2)
+            add("  the same, --split DIR", replay_split, long_path, scenario, "batch")
             add("demux replay, batch engine, jsonl > /dev/null", replay_batch, long_path, scenario, True)
             add("demux replay, reference engine, --summary", replay_reference, long_path, scenario)
+            add("  the same, --split DIR", replay_split, long_path, scenario, "reference")
             add("dpkt loop", peer_dpkt, long_path)
             console.print(_table(rows, f"{count_frames(long_path):,} packets: synthetic, long flows"))
         m = machine()
