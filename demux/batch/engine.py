@@ -299,8 +299,9 @@ class BatchEngine:
             vs = np.zeros((2 * len(self.vsuf), 2), np.int64)
             vs[:len(self.vsuf)] = self.vsuf
             self.vsuf = vs
-        if self.out is not None:
-            self._suffix(vid, direction, v)
+        # Its jsonl tail is written when a chunk's line first needs it (_emit): many
+        # cached verdicts (a request socket's, a TIME-WAIT's) are never used.
+        self.vsuf[vid, 1] = -1
         return vid
 
     def _suffix(self, vid: int, direction: str, v: Verdict) -> None:
@@ -350,9 +351,7 @@ class BatchEngine:
             # Compact the verdict templates: only flags and live ids are kept.
             self.varena = _Arena()
             self._flag_templates()
-            for vid in live:
-                direction, v, _key = self.vlist[vid]
-                self._suffix(vid, direction, v)
+            self.vsuf[:, 1] = -1           # written again as lines need them
 
     def _flag_templates(self) -> None:
         for f in range(256):
@@ -703,6 +702,12 @@ class BatchEngine:
                 w.write_records(memoryview(out)[:n], len(idx))
 
     def _emit(self, k: int) -> None:
+        used = np.unique(self.C[:k, _nb.VID])
+        used = used[used >= 0]
+        vlist = self.vlist
+        for vid in used[self.vsuf[used, 1] < 0].tolist():
+            direction, v, _key = vlist[vid]
+            self._suffix(vid, direction, v)
         sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
         if not self._ts_fine:
             # Timestamps the numba writer cannot print exactly: these lines go through
