@@ -216,6 +216,18 @@ class PcapngWriter(_Output):
         if len(data) > self.snaplen:
             data = data[:self.snaplen]
         caplen = len(data)
+        opts = self.epb_options(comment, pid, tid, direction)
+        pad = _pad(caplen)
+        blen = 32 + caplen + pad + len(opts)
+        self._write(_EPB.pack(_EPB_TYPE, blen, ifid, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
+                              max(orig_len, caplen)))
+        self._write(data + b"\0" * pad + opts + _U32.pack(blen))
+        self.count += 1
+
+    @staticmethod
+    def epb_options(comment: str | None = None, pid: int | None = None, tid: int = 0,
+                    direction: str | None = None) -> bytes:
+        """The options ``write`` puts in an EPB after the data (b"" when none)."""
         opts = b""
         if comment is not None:
             opts += _option(_OPT_COMMENT, comment.encode("utf-8"))
@@ -228,12 +240,17 @@ class PcapngWriter(_Output):
             opts += _PIDTID.pack(_OPT_EPB_PIDTID, 8, pid, tid)
         if opts:
             opts += _OPT.pack(0, 0)
-        pad = _pad(caplen)
-        blen = 32 + caplen + pad + len(opts)
-        self._write(_EPB.pack(_EPB_TYPE, blen, ifid, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
-                              max(orig_len, caplen)))
-        self._write(data + b"\0" * pad + opts + _U32.pack(blen))
-        self.count += 1
+        return opts
+
+    def interface_id(self, linktype: int, ifname: str | None = None, tsoffset: int = 0) -> int | None:
+        """The id of an interface already declared, else None (``interface`` declares)."""
+        return self._ifaces.get((linktype, ifname, tsoffset))
+
+    def write_records(self, records, count: int) -> None:
+        """``count`` EPBs already in ``write``'s format, on interfaces already declared:
+        the batch engine builds a chunk's."""
+        self._write(records)
+        self.count += count
 
     def write_frame(self, frame, comment: str | None = None, pid: int | None = None,
                     direction: str | None = None) -> None:

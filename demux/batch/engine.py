@@ -216,6 +216,8 @@ class BatchEngine:
         # --split/--annotate: each gets every frame's Record, in capture order (_to_sinks).
         self.sinks = list(sinks)
         self.slow_recs: dict[int, Record] = {}
+        self.oarena = _Arena()                        # --annotate: EPB options per verdict id
+        self.vopt = np.full((1024, 2), -1, np.int64)
         # Verdicts whole (jsonl, annotations), or only their name and process (counts, split).
         self.exact = jsonl_out is not None or any(sk.whole_verdicts for sk in self.sinks)
         self.enc = _encoder()
@@ -302,6 +304,8 @@ class BatchEngine:
         # Its jsonl tail is written when a chunk's line first needs it (_emit): many
         # cached verdicts (a request socket's, a TIME-WAIT's) are never used.
         self.vsuf[vid, 1] = -1
+        if vid < len(self.vopt):
+            self.vopt[vid, 1] = -1            # (the id may have been another verdict's)
         return vid
 
     def _suffix(self, vid: int, direction: str, v: Verdict) -> None:
@@ -613,7 +617,7 @@ class BatchEngine:
         for sk in self.sinks:
             if hasattr(sk, "targets"):
                 self._split_chunk(sk, buf, k)
-            else:
+            elif not (hasattr(sk, "options") and self._annotate_chunk(sk, buf, k)):
                 writes.append(sk.write)
         if not writes:
             slow.clear()
@@ -633,6 +637,53 @@ class BatchEngine:
             for write in writes:
                 write(rec)
         slow.clear()
+
+    def _annotate_chunk(self, sink, buf, k: int) -> bool:
+        """``AnnotateSink.write`` for a whole chunk, as one run of EPBs built in numba
+        (``_nb.pcapng_records``); each verdict's options are encoded once. False (the
+        frames then go one by one) when a frame needs what only ``PcapngWriter.write``
+        does: an interface not declared yet, a timestamp before 1970."""
+        C, w = self.C, sink.w
+        if k == 0:
+            return True
+        if C[:k, _nb.TS].min() < 0:
+            return False
+        keys = C[:k, _nb.LT] * 65536 + (C[:k, _nb.IFID] + 1)
+        uk = np.unique(keys)
+        iids = np.empty(len(uk), np.int64)
+        for j, key in enumerate(uk.tolist()):
+            lt, ic = divmod(key, 65536)
+            iid = w.interface_id(lt, self.ifnames[ic - 1] if ic > 0 else None)
+            if iid is None:
+                return False
+            iids[j] = iid
+        ifids = iids[np.searchsorted(uk, keys)]
+        arena = self.oarena
+        if arena.used > 4 * (1 << 20):
+            arena.clear()
+            self.vopt[:, 1] = -1
+        if len(self.vopt) < len(self.vlist):
+            grown = np.full((2 * len(self.vlist), 2), -1, np.int64)
+            grown[:len(self.vopt)] = self.vopt
+            self.vopt = grown
+        vid = C[:k, _nb.VID]
+        cached = vid >= 0
+        used = np.unique(vid[cached])
+        vlist = self.vlist
+        for v in used[self.vopt[used, 1] < 0].tolist():
+            direction, ver, _key = vlist[v]
+            self.vopt[v] = arena.add(sink.options(ver, direction))
+        optoff = np.zeros(k, np.int64)
+        optlen = np.zeros(k, np.int64)
+        optoff[cached] = self.vopt[vid[cached], 0]
+        optlen[cached] = self.vopt[vid[cached], 1]
+        for i, rec in self.slow_recs.items():
+            optoff[i], optlen[i] = arena.add(sink.options(rec.v, rec.direction))
+        caps = np.minimum(C[:k, _nb.CAP], w.snaplen)
+        out = np.empty(int(32 * k + caps.sum() + 3 * k + optlen.sum()), np.uint8)
+        n = _nb.pcapng_records(C, buf, k, out, ifids, arena.buf, optoff, optlen, w.snaplen)
+        w.write_records(memoryview(out)[:n], k)
+        return True
 
     def _frame(self, i: int) -> Frame:
         n, ns, off, cap, orig, ifid, lt = self.Cm[i * _nb.NCOL:i * _nb.NCOL + _nb.LT + 1].tolist()

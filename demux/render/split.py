@@ -127,7 +127,11 @@ class SplitSink:
 
 def annotation(rec) -> str:
     """``demux: deliver nginx pid=1201 fd=3 via listener 0.0.0.0:80``."""
-    v = rec.v
+    return verdict_note(rec.v)
+
+
+def verdict_note(v) -> str:
+    """The ``demux:`` comment of a frame with verdict ``v``."""
     text = f"demux: {v.verdict}"
     if v.proc is not None:
         text += f" {v.proc.name} pid={v.proc.pid}" + (f" fd={v.fd}" if v.fd is not None else "")
@@ -147,11 +151,16 @@ class AnnotateSink:
         self.path = path
         self.w = PcapngWriter(outputs.open(path, "--annotate"))
 
+    def options(self, v, direction) -> bytes:
+        """The EPB options ``write`` gives a frame with verdict ``v`` travelling ``direction``."""
+        return self.w.epb_options(verdict_note(v), v.proc.pid if v.proc is not None else None,
+                                  direction=direction if direction in ("in", "out") else None)
+
     def write(self, rec) -> None:
         if rec.frame is not None:
             v = rec.v
             try:
-                self.w.write_frame(rec.frame, comment=annotation(rec),
+                self.w.write_frame(rec.frame, comment=verdict_note(v),
                                    pid=v.proc.pid if v.proc is not None else None,
                                    direction=rec.direction if rec.direction in ("in", "out") else None)
             except ValueError as err:
