@@ -266,7 +266,7 @@ pkt_st = st.tuples(
     st.booleans(),                                       # from the remote end
     st.sampled_from(FLAGS),
     st.integers(0, 300),                                 # payload
-    st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4, 5, 6]),      # kind: plain, badoff, frag, arp, vlan, ts option, bcast
+    st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]),   # kind: plain, badoff, frag, arp, vlan, ts option, bcast, IP options
     st.sampled_from([0.0001, 0.001, 0.05, 0.2, 61.0]),   # gap before
     st.sampled_from([0, 0, 0, 1, 100000, -5]),           # seq jump
     st.sampled_from([0, 0, 0, 0, 0, 1000]),              # ack off by (not ISN+1 in a handshake)
@@ -294,7 +294,10 @@ def _frame(src, dst, sport, dport, proto, flags, seq, ack, plen, kind, tsval):
         et = 0x86DD
     else:
         frag = 0x2000 if kind == 2 else 0
-        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 7, frag, 64, proto, 0) + src + dst
+        if kind == 7:       # four NOP options: the numba parser leaves it to the kernel
+            ip = struct.pack("!BBHHHBBH", 0x46, 0, 24 + len(body), 7, 0, 64, proto, 0) + src + dst + b"\x01" * 4
+        else:
+            ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 7, frag, 64, proto, 0) + src + dst
         et = 0x0800
     dmac = b"\xff" * 6 if kind == 6 else b"\x02\x00\x00\x00\x00\x01"
     if kind == 3:
@@ -356,13 +359,20 @@ def test_generated_handshakes(tmp_path):
             else:
                 pkts += [(fi, True, 0x10, 0, 5, 0.001, 0)]
             pkts += [(fi, rnd % 2 == 0, 0x18, 100, 5, 0.001, 0) for _ in range(5)]
+            if rnd % 4 == 0:
+                # Our ACK, then old segments by it (Kernel._old): the last data again, a
+                # keep-alive probe (one before), and an ACK back in line.
+                pkts += [(fi, False, 0x10, 0, 5, 0.001, 0), (fi, True, 0x18, 100, 5, 0.001, -100),
+                         (fi, True, 0x10, 0, 0, 0.001, -1), (fi, True, 0x10, 0, 5, 0.001, 1)]
             close = [(fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0),
                      (fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0)]
             if rnd % 3 == 1:
                 close = [(fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0),
                          (fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0)]
             if rnd % 5 == 2:
-                close = [(fi, True, 0x04, 0, 0, 0.001, 0)]
+                # A RST at rcv_nxt; every other one with IP options (left to the kernel,
+                # which must see the rcv_nxt the cached data moved).
+                close = [(fi, True, 0x04, 0, 7 if rnd % 10 == 2 else 0, 0.001, 0)]
             pkts += close
         pkts += [(3, True, 0, 40, 0, 0.01, 0), (3, False, 0, 80, 0, 0.01, 0)] * 3
     path = str(tmp_path / "h.pcap")
@@ -371,4 +381,6 @@ def test_generated_handshakes(tmp_path):
     ref = io.BytesIO()
     reference_jsonl(path, scen.loads(SCENARIO), 0, ref)
     assert ref.getvalue().count(b"is not ISN+1") == 3 * 7 and ref.getvalue().count(b"RST to a segment") == 3 * 7
+    assert ref.getvalue().count(b"acknowledged again and discarded") == 3 * 8
+    assert ref.getvalue().count(b"duplicate ACK and discarded") == 3 * 8
     _same(path, scen.loads(SCENARIO), 2, chunk=7)

@@ -82,7 +82,7 @@ def lab(netns_available):
         _ip("netns", "del", p, check=False)
 
 
-def _wait_line(proc, want: str, deadline: float) -> None:
+def _wait_line(proc, want: str, deadline: float) -> bytes:
     fd = (proc.stderr if want == "listening" else proc.stdout).fileno()
     buf = b""
     while time.monotonic() < deadline:
@@ -91,7 +91,7 @@ def _wait_line(proc, want: str, deadline: float) -> None:
             chunk = os.read(fd, 4096)
             buf += chunk
             if want.encode() in buf:
-                return
+                return buf
             if not chunk:
                 break
     raise AssertionError(f"no {want!r} from {proc.args}: {buf!r}")
@@ -414,3 +414,55 @@ for fl, plus in (('SA', 77), ('R', None), ('A', 1), ('SA', 1)):
         if got != want:
             wrong.append(f":{port}: {got} != {want}: {[recs[i].v.reason for i in at]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_old_segments_on_an_open_connection(lab, tmp_path):
+    # Kernel._old: what our latest segment acknowledged arrived. tcp_sequence drops a
+    # segment that ends before it (a keep-alive probe) with a duplicate ACK; tcp_data_queue
+    # drops data or a FIN that ends at it (a retransmission), acknowledging it again.
+    # Data past it is taken, even out of order, and a hole's filling too. The server
+    # prints what it read: the dropped segments' bytes never reach it.
+    h, p, procs = lab
+    pcap = tmp_path / "old.pcap"
+    reader = LISTENER.replace("time.sleep(60)", """c, _ = s.accept()
+got = b""
+while True:
+    b = c.recv(100)
+    if not b:
+        break
+    got += b
+print("GOT", got, flush=True)
+c.close()
+time.sleep(60)""")
+    dump = _serve_and_record(h, procs, reader, pcap, time.monotonic() + 40)
+    srv = procs[0]
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    _ip("-n", h, "neigh", "replace", PEER, "lladdr", pmac, "dev", "vfl-h", "nud", "permanent")
+    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
+    probes = [("A", 1001, b""), ("PA", 1001, b"hello"), ("PA", 1001, b"hello"), ("A", 1005, b""),
+              ("A", 1005, b"x"), ("PA", 1003, b"llo!!"), ("PA", 1012, b"later"), ("PA", 1008, b"abcd"),
+              ("FA", 1017, b""), ("FA", 1017, b"")]
+    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
+import time
+sa = srp1({e}/TCP(sport=34000, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
+for fl, seq, data in {probes!r}:
+    pkt = {e}/TCP(sport=34000, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1)
+    sendp(pkt / Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+    time.sleep(0.3)
+""")
+    said = _wait_line(srv, "GOT", time.monotonic() + 10)
+    assert b"GOT b'hello!!abcdlater'" in said, said       # what the application read
+    _stop(dump, 0.3)
+    frames, pkts = _read(pcap)
+    at, answered = _answers(pkts, 34000, 0)
+    at, answered = at[1:], answered[1:]                 # after the SYN
+    assert len(at) == len(probes), "tcpdump missed a probe"
+    # The kernel acknowledged each but the handshake's ACK (the FIN: with its own FIN).
+    assert [bool(a) for a in answered] == [False] + [True] * 9, answered
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    got = [(recs[i].v.verdict, recs[i].v.state) for i in at]
+    want = [("deliver", "ESTAB")] * 2 + [("drop", "ESTAB")] * 3 + [("deliver", "ESTAB")] * 3 + \
+        [("deliver", "CLOSE-WAIT"), ("drop", "LAST-ACK")]
+    assert got == want, [recs[i].v.reason for i in at]

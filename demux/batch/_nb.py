@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from demux.kernel.table import KEEPS_ISN, KEEPS_RCV
+from demux.kernel.table import KEEPS_ISN, KEEPS_RCV, KEEPS_WUP
 
 # -- frame/packet columns (columns of the int64 array C[K, NCOL]: a frame's fields share cache lines) --------------------------
 N, TS, OFF, CAP, ORIG, IFID, LT = 0, 1, 2, 3, 4, 5, 6
@@ -35,9 +35,10 @@ SLOW, FAST = 0, 1
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
 # Nine words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
 # its generation stamp, what cached segments record for the kernel (F_SHADOW: Kernel.steady's
-# KEEPS_RCV, the rcv_nxt and timestamp in F_RCV and F_TSV, or KEEPS_ISN, the first
-# segment's sequence number in F_RCV), recorded since?, and which TCP segments the verdict
-# is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns: Kernel.steady's answer).
+# KEEPS_RCV, the rcv_nxt and timestamp in F_RCV and F_TSV; KEEPS_ISN, the first segment's
+# sequence number in F_RCV; KEEPS_WUP, the latest one's acknowledgment number in F_RCV,
+# -1 unknown), recorded since?, and which TCP segments the verdict is for
+# (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns: Kernel.steady's answer).
 F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 F_USED = 18
 F_KEY = 19            # 5 words: the flow's two endpoints and its protocol/interface word
@@ -423,6 +424,12 @@ def run(C, fst, vc, sc, start, k):
             # Not a segment the cached verdict is for, or past the entry's timer.
             if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
                 return i
+            ob = F_DSTRIDE * (1 - d)
+            if fst[s, F_SHADOW + ob] == KEEPS_WUP and fst[s, F_RCV + ob] >= 0:
+                # Old by what our latest segment acknowledged (Kernel._old): the kernel's.
+                left = (fst[s, F_RCV + ob] - ((C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF)) & 0xFFFFFFFF
+                if (left != 0 and left < 0x80000000) or (left == 0 and C[i, PLEN] > 0):
+                    return i
             keeps = fst[s, F_SHADOW + b]
             if keeps == KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
@@ -437,6 +444,10 @@ def run(C, fst, vc, sc, start, k):
             elif keeps == KEEPS_ISN and not fst[s, F_DIRTY + b]:
                 # The first SYN-ACK of a request socket carries our ISN.
                 fst[s, F_RCV + b] = C[i, SEQ]
+                fst[s, F_DIRTY + b] = 1
+            elif keeps == KEEPS_WUP and C[i, FLAGS] & 0x10:
+                # What our segment acknowledges is rcv_wup (tcp_select_window).
+                fst[s, F_RCV + b] = C[i, ACK]
                 fst[s, F_DIRTY + b] = 1
         C[i, VID] = v
         vc[v, 0] += 1

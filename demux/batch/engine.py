@@ -79,7 +79,7 @@ from demux.batch import _nb
 from demux.capture import MAX_RECORD, CaptureReader, Frame, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record, ts_text
 from demux.kernel import Verdict
-from demux.kernel.table import KEEPS_ISN, KEEPS_NOTHING
+from demux.kernel.table import KEEPS_ISN, KEEPS_NOTHING, KEEPS_WUP
 from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
 from demux.wire import flag_string, parse
@@ -376,16 +376,35 @@ class BatchEngine:
             b = s * _nb.NFS + _nb.F_DSTRIDE * d
             c = conns[d]
             if c is not None and fm[b + _nb.F_DIRTY]:
-                if fm[b + _nb.F_SHADOW] == KEEPS_ISN:
-                    if c.snd_isn is None:
-                        c.snd_isn = fm[b + _nb.F_RCV]
-                else:
-                    c.rcv_nxt = fm[b + _nb.F_RCV]
-                    tsv = fm[b + _nb.F_TSV]
-                    if tsv >= 0:
-                        c.tsval = tsv
+                self._write_back(c, b)
             fm[b + _nb.F_SHADOW] = 0
             fm[b + _nb.F_DIRTY] = 0
+
+    def _write_back(self, c, b: int) -> None:
+        fm = self.fm
+        keeps = fm[b + _nb.F_SHADOW]
+        if keeps == KEEPS_ISN:
+            if c.snd_isn is None:
+                c.snd_isn = fm[b + _nb.F_RCV]
+        elif keeps == KEEPS_WUP:
+            c.rcv_wup = fm[b + _nb.F_RCV]
+        else:
+            c.rcv_nxt = fm[b + _nb.F_RCV]
+            tsv = fm[b + _nb.F_TSV]
+            if tsv >= 0:
+                c.tsval = tsv
+
+    def _flush_all(self) -> None:
+        """What every flow's cached packets recorded, into its Conns; the flows keep
+        recording (``_sync`` ends that until the flow's cache is refilled)."""
+        fm = self.fm
+        for s, conns in self.shadowed.items():
+            for d in (0, 1):
+                b = s * _nb.NFS + _nb.F_DSTRIDE * d
+                if conns[d] is not None and fm[b + _nb.F_DIRTY]:
+                    self._write_back(conns[d], b)
+                    if fm[b + _nb.F_SHADOW] != KEEPS_ISN:     # (the ISN is the first one's)
+                        fm[b + _nb.F_DIRTY] = 0
 
     def _sync_all(self) -> None:
         for s in list(self.shadowed):
@@ -467,8 +486,11 @@ class BatchEngine:
                             if conns is None:
                                 conns = [None, None]
                             conns[dd] = c
-                            # rcv_nxt, timestamp, what is recorded, nothing recorded yet
-                            fm[b + _nb.F_RCV] = c.rcv_nxt
+                            # rcv_nxt (or rcv_wup), timestamp, what is recorded, nothing recorded yet
+                            if keeps == KEEPS_WUP:
+                                fm[b + _nb.F_RCV] = -1 if c.rcv_wup is None else c.rcv_wup
+                            else:
+                                fm[b + _nb.F_RCV] = c.rcv_nxt
                             fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
                             fm[b + _nb.F_SHADOW] = keeps
                             fm[b + _nb.F_DIRTY] = 0
@@ -560,6 +582,11 @@ class BatchEngine:
             self._first_ns = ns
         p = parse(n, ns / 1000000000, lt, self.bufm[off:off + cap].tobytes(),
                   self.ifnames[ifid] if ifid >= 0 else None, orig)
+        if s < 0 and self.shadowed and (p.proto == 6 or p.frag is not None):
+            # A TCP segment the numba parser left (IP options, extension headers, a
+            # fragment the kernel may reassemble): its flow is not known here, so every
+            # connection gets what its cached packets recorded.
+            self._flush_all()
         rec, quiet = self._decide(p)
         if s >= 0:
             self._recache(s, d, p, rec, quiet)

@@ -31,7 +31,7 @@ _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
 # What the segments ``Kernel.steady`` names still record (its last item).
-KEEPS_NOTHING, KEEPS_RCV, KEEPS_ISN = 0, 1, 2
+KEEPS_NOTHING, KEEPS_RCV, KEEPS_ISN, KEEPS_WUP = 0, 1, 2, 3
 _ENDED_KEPT = 1 << 16
 _SEND_RESET = {4: "tcp_v4_send_reset", 6: "tcp_v6_send_reset"}
 _UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
@@ -102,7 +102,8 @@ class Conn:
     """A TCP connection in the established hash: request socket, full socket or TIME-WAIT."""
 
     __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
-                 "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued", "snd_isn")
+                 "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued", "snd_isn",
+                 "rcv_wup")
 
     def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
         self.key = key
@@ -121,6 +122,7 @@ class Conn:
         self.desc = None
         self.queued = False           # waiting in the listener's accept queue
         self.snd_isn = None           # our initial sequence number, once our SYN or SYN-ACK is seen
+        self.rcv_wup = None           # rcv_nxt as our latest segment acknowledged it, once known
 
     def describe(self) -> str:
         if self.desc is None:
@@ -165,6 +167,26 @@ class Lookup:
 
 def _seq_after(a: int, b: int) -> bool:
     return ((a - b) & 0xFFFFFFFF) not in (0,) and ((a - b) & 0xFFFFFFFF) < 0x80000000
+
+
+def _old(c: "Conn", p, end: int) -> str | None:
+    """Why a segment ending at ``end`` (SYN and FIN counted) on a synchronized
+    connection is old, else None. ``rcv_wup`` is what our latest segment acknowledged
+    (``tcp_select_window`` sets it to ``rcv_nxt`` on every send), so all before it
+    arrived: ``tcp_sequence`` drops a segment that ends before it with a duplicate ACK
+    (TCP_OLD_SEQUENCE: keep-alive probes, old duplicates), and ``tcp_data_queue`` one
+    whose data or FIN ends at it (TCP_OLD_DATA: a retransmission of what was
+    acknowledged), acknowledging it again. Data past it may still fill a hole: taken."""
+    wup = c.rcv_wup
+    if wup is None:
+        return None
+    if _seq_after(wup, end):
+        return (f"old segment (ends at {end}, before {wup}, acknowledged already) for {c.describe()[4:]}: "
+                "answered with a duplicate ACK and discarded (tcp_validate_incoming: tcp_sequence)")
+    if end == wup and (p.payload_len or p.flags & FIN):
+        return (f"{'data' if p.payload_len else 'FIN'} up to {end} acknowledged already for "
+                f"{c.describe()[4:]}: a retransmission, acknowledged again and discarded (tcp_data_queue)")
+    return None
 
 
 def _ack_covers(ack: int, fin_out: int) -> bool:
@@ -763,8 +785,11 @@ class Kernel:
         what such a segment still records, the only thing it updates: KEEPS_RCV, it
         moves ``rcv_nxt`` and the newest timestamp (kept for TIME-WAIT's reopening
         test); KEEPS_ISN, the first one's sequence number is our ISN (``snd_isn``, which
-        the handshake's last ACK must acknowledge); else KEEPS_NOTHING. None: any
-        segment may change something. The paths this summarises, which use ``steady_verdict`` (the
+        the handshake's last ACK must acknowledge); KEEPS_WUP, the acknowledgment number
+        of the latest one is ``rcv_wup``; else KEEPS_NOTHING. A segment coming in whose
+        other direction keeps ``rcv_wup`` is steady only if it is not old by it (``_old``:
+        it ends after it, or at it without data). None: any segment may change
+        something. The paths this summarises, which use ``steady_verdict`` (the
         straight paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
 
@@ -781,7 +806,7 @@ class Kernel:
                 return None
             if direction == "in":
                 return _SYN_FIN_RST_ACK, ACK, _INF, KEEPS_RCV     # (without ACK: discarded, _conn_in)
-            return _SYN_FIN_RST, 0, _INF, KEEPS_NOTHING
+            return _SYN_FIN_RST, 0, _INF, KEEPS_WUP
         if not c.expire:
             return None
         if st == ts.SYN_RECV:
@@ -822,9 +847,11 @@ class Kernel:
         flags = p.flags
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
-                and c.state in _QUIET and steps is None):
+                and c.state in _QUIET and steps is None
+                and (c.rcv_wup is None or _seq_after((p.seq + p.payload_len) & 0xFFFFFFFF, c.rcv_wup)
+                     or not p.payload_len and (p.seq + p.payload_len) & 0xFFFFFFFF == c.rcv_wup)):
             # The common case: data or an ACK on an open connection changes no state
-            # (what _conn_in would do for it, without the detour).
+            # (what _conn_in would do for it, without the detour; an old one goes there).
             end = (p.seq + p.payload_len) & 0xFFFFFFFF
             if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
                 c.rcv_nxt = end
@@ -1103,6 +1130,10 @@ class Kernel:
                 return Verdict("drop", f"SYN on {c.describe()[4:]}: answered with a challenge ACK and "
                                "discarded (tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(),
                                c.state)
+        if c.state not in _UNSYNCHRONIZED and not flags & (SYN | RST):
+            why = _old(c, p, (p.seq + p.payload_len + (1 if flags & FIN else 0)) & 0xFFFFFFFF)
+            if why is not None:
+                return Verdict("drop", why, c.proc, c.fd, c.describe(), c.state)
         if c.state in _UNSYNCHRONIZED:
             v = self._handshake_ack(c, p)
             if v is not None:
@@ -1126,12 +1157,16 @@ class Kernel:
                                f"{l.backlog}): final ACK dropped, the connection stays half-open "
                                "(tcp_abort_on_overflow=0)", c.proc, l.fd, l.describe(), ts.SYN_RECV)
             c.expire = 0.0
+            # tcp_create_openreq_child: the new socket's rcv_wup is rcv_nxt, ISN+1.
+            c.rcv_wup = c.rcv_start
             if l is not None:
                 l.synq.pop(c.key, None)
             if l is not None and c.sock is None:
                 c.fd = None
                 self._accept(c, l)
         new = ts.next_state(c.state, "in", ev)
+        if c.state == ts.SYN_SENT and new != ts.SYN_SENT and flags & SYN:
+            c.rcv_wup = end           # tcp_rcv_synsent_state_process: rcv_nxt = rcv_wup = SEQ+1
         if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
             c.rcv_nxt = end
         if p.tsval is not None:
@@ -1173,6 +1208,8 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
                 and c.state in _QUIET):
+            if flags & ACK:
+                c.rcv_wup = p.ack     # tcp_select_window: what this segment acknowledges
             return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state)   # as in _tcp_in
         c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
@@ -1217,6 +1254,8 @@ class Kernel:
             # a segment that acknowledged something else (_handshake_ack); it stays.
             return Verdict("outbound", f"the kernel's RST to a segment that acknowledged {p.seq}, not our "
                            f"SYN; {c.describe()[4:]} stays", c.proc, c.fd, c.describe(), c.state)
+        if flags & ACK and not flags & RST and c.state not in _UNSYNCHRONIZED:
+            c.rcv_wup = p.ack         # tcp_select_window: rcv_wup = rcv_nxt, which it acknowledges
         if c.state == ts.SYN_RECV and flags & SYN:
             if c.snd_isn is None:
                 c.snd_isn = p.seq         # the SYN-ACK: retransmissions carry the same ISN
