@@ -231,10 +231,12 @@ def load_or_infer(capture_path: str, scenario_path: str | None, notes: list[str]
     sc = scen.load(scenario_path)
     if sc.host.addresses or sc.host.interfaces:
         return sc
-    if capture_path == "-":
+    import os
+    if capture_path == "-" or not os.path.isfile(capture_path):
         if notes is not None:
-            notes.append(f"{scenario_path} names no host address, and standard input cannot be read "
-                         "twice to find them: only loopback is local")
+            notes.append(f"{scenario_path} names no host address, and "
+                         f"{'standard input' if capture_path == '-' else capture_path} cannot be read twice "
+                         "to find them: only loopback is local")
         return sc
     addrs = infer(capture_path).host.addresses
     if addrs:

@@ -37,8 +37,9 @@ def _files(d):
             for r, _, fs in os.walk(d) for f in fs}
 
 
-def _same_files(path, sc, tmp, workers=1, **tuning):
-    """--split and --annotate: the batch engine's files byte for byte the reference's."""
+def _same_files(path, sc, tmp, workers=1, annotate=True, **tuning):
+    """--split and --annotate: the batch engine's files byte for byte the reference's
+    (--split alone: the batch engine counts verdicts by name and process only)."""
     from demux.engine import Engine
     from demux.capture import open_capture
     from demux.render.outputs import OutputSet
@@ -47,8 +48,9 @@ def _same_files(path, sc, tmp, workers=1, **tuning):
     for engine in ("reference", "batch"):
         d = os.path.join(tmp, engine)
         with OutputSet() as outputs:
-            sinks = [SplitSink(os.path.join(d, "split"), sc.processes, outputs),
-                     AnnotateSink(os.path.join(d, "notes.pcapng"), outputs)]
+            sinks = [SplitSink(os.path.join(d, "split"), sc.processes, outputs)]
+            if annotate:
+                sinks.append(AnnotateSink(os.path.join(d, "notes.pcapng"), outputs))
             if engine == "reference":
                 eng = Engine(sc, 0)
                 with open_capture(path) as reader:
@@ -131,6 +133,56 @@ def test_synthetic_split_and_annotate(synth_capture, tmp_path):
     files = _same_files(path, sc, str(tmp_path / "a"))
     assert len(files["split/nginx-1201.pcap"]) > 100_000        # the cache's packets are in it
     _same_files(path, sc, str(tmp_path / "b"), 2, chunk=333, flow_capacity=64, read_size=5000)
+    _same_files(path, sc, str(tmp_path / "c"), annotate=False, chunk=1000)
+
+
+def _pcapng(*blocks) -> bytes:
+    def blk(t, body):
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", t, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    out = blk(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for b in blocks:
+        if b[0] == "idb":           # ("idb", linktype, if_tsoffset seconds)
+            opts = struct.pack("<HH", 9, 1) + b"\x09\0\0\0"
+            if b[2]:
+                opts += struct.pack("<HHq", 14, 8, b[2])
+            out += blk(1, struct.pack("<HHI", b[1], 0, 65535) + opts + struct.pack("<HH", 0, 0))
+        else:                       # ("epb", interface, nanoseconds, frame)
+            _, ifid, ticks, data = b
+            out += blk(6, struct.pack("<IIIII", ifid, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data)
+    return out
+
+
+def test_split_and_annotate_odd_pcapng(tmp_path):
+    # Timestamps just before 1970 (if_tsoffset -1 s): a microsecond pcap rounds them to 0;
+    # and one process getting frames of two link types (Linux cooked first, then Ethernet):
+    # its own file takes the first one's, a sibling the other's.
+    sc = scen.loads(SCENARIO)
+    local, remote = _addr("10.0.0.1"), _addr("10.1.0.2")
+    syn = [_frame(remote, local, 3000 + i, 80, 6, 0x02, 1000, 0, 0, 0, 0) for i in range(4)]
+    neg = tmp_path / "neg.pcapng"
+    neg.write_bytes(_pcapng(("idb", 1, -1), *[("epb", 0, 10**9 - 400 + i, f) for i, f in enumerate(syn)]))
+    files = _same_files(str(neg), sc, str(tmp_path / "neg"), chunk=2)
+    assert len(files["split/web-100.pcap"]) == 24 + 4 * (16 + len(syn[0]))
+    cooked = [struct.pack("!HHH8sH", 0, 1, 6, f[6:12] + b"\0\0", 0x0800) + f[14:] for f in syn]
+    t = 1_764_000_000 * 10**9
+    two = tmp_path / "two.pcapng"
+    two.write_bytes(_pcapng(("idb", 113, 0), ("idb", 1, 0), ("epb", 0, t, cooked[0]), ("epb", 1, t + 1, syn[1]),
+                            ("epb", 1, t + 2, syn[2]), ("epb", 0, t + 3, cooked[3])))
+    files = _same_files(str(two), sc, str(tmp_path / "two"), chunk=4)
+    assert {"split/web-100.pcap", "split/web-100.1.pcap"} <= set(files)
+
+
+def test_split_files_whole_when_stdout_goes_away(synth_capture, tmp_path):
+    # `| head`: the records stop, the files get the whole capture (as the reference does).
+    path, sc = synth_capture
+    toml = tmp_path / "s.toml"
+    toml.write_text(synth.SCENARIO)
+    for engine in ("reference", "batch"):
+        r = subprocess.run(f"demux replay {path} -s {toml} --engine {engine} --format jsonl "
+                           f"--split {tmp_path / engine} | head -1", shell=True, capture_output=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.count(b"\n") == 1, r.stderr
+    assert _files(str(tmp_path / "batch")) == _files(str(tmp_path / "reference")) != {}
 
 
 def test_synthetic_small_table(synth_capture):
@@ -257,7 +309,7 @@ LOCALS = ["10.0.0.1", "fd00::1", "10.0.0.1"]
 REMOTES = ["10.1.0.2", "10.1.0.3", "fd01::2", "10.0.0.255", "224.0.0.251", "192.168.9.9", "10.0.0.1"]
 LPORTS = [80, 443, 22, 53, 5353, 8080, 9999, 40000, 45000]
 RPORTS = [2222, 1111, 53, 33333]
-FLAGS = [0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01, 0x00, 0x03, 0x19]
+FLAGS = [0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x01, 0x00, 0x03, 0x19, 0x06]
 
 flow_st = st.tuples(st.sampled_from(LOCALS), st.sampled_from(REMOTES), st.sampled_from(LPORTS),
                     st.sampled_from(RPORTS), st.sampled_from([6, 6, 17]))
@@ -352,10 +404,11 @@ def test_generated_handshakes(tmp_path):
             if rnd % 4 == 3:
                 # A final ACK that misses our ISN (the SYN-ACK was cached: the kernel
                 # still knows the ISN), answered with RST, then the right one.
-                # (The RST's sequence number is that ACK's; the counter it moves is taken
-                # back by the right ACK's offset.)
-                pkts += [(fi, True, 0x10, 0, 5, 0.001, 0, 777), (fi, False, 0x04, 0, 0, 0.001, 776),
-                         (fi, True, 0x10, 0, 5, 0.001, 0, -776)]
+                # (The RST's sequence number is that ACK's, one with SYN too on the second
+                # flow; the counter it moves is taken back by the right ACK's offset.)
+                syn = 0x02 if fi == 1 else 0
+                pkts += [(fi, True, 0x10, 0, 5, 0.001, 0, 777), (fi, False, 0x04 | syn, 0, 0, 0.001, 776),
+                         (fi, True, 0x10, 0, 5, 0.001, 0, -776 - (1 if syn else 0))]
             else:
                 pkts += [(fi, True, 0x10, 0, 5, 0.001, 0)]
             pkts += [(fi, rnd % 2 == 0, 0x18, 100, 5, 0.001, 0) for _ in range(5)]
@@ -369,6 +422,12 @@ def test_generated_handshakes(tmp_path):
             if rnd % 3 == 1:
                 close = [(fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0),
                          (fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0)]
+            elif rnd % 7 == 3:
+                # Their FIN with IP options (left to the kernel): the flow's cache must
+                # not go on calling its segments ESTAB.
+                close = [(fi, True, 0x11, 0, 7, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0),
+                         (fi, True, 0x10, 0, 5, 0.001, 0), (fi, False, 0x11, 0, 5, 0.001, 0),
+                         (fi, True, 0x10, 0, 5, 0.001, 0)]
             if rnd % 5 == 2:
                 # A RST at rcv_nxt; every other one with IP options (left to the kernel,
                 # which must see the rcv_nxt the cached data moved).

@@ -507,3 +507,38 @@ def test_open_connection_validates_segments():
     assert (v.verdict, v.state) == ("drop", "ESTAB") and "not rcv_nxt 106" in v.reason
     v = k.input(seg(*c, *s, flags="R", seq=106), 0.6)
     assert (v.verdict, v.state) == ("deliver", "CLOSE")
+
+
+def test_a_new_connect_from_the_same_port_has_its_own_isn():
+    # connect() gave up; the next one from the same port sends a SYN with a new ISN, and
+    # the SYN-ACK that acknowledges it completes the handshake (only the old ISN's would
+    # be "not ISN+1").
+    k = kernel("")
+    out = k.output(seg("10.9.0.1", 40000, "10.8.0.9", 443, "S", seq=100), 0.0)
+    assert out.state == "SYN-SENT"
+    k.output(seg("10.9.0.1", 40000, "10.8.0.9", 443, "S", seq=100), 1.0)          # retransmitted
+    k.output(seg("10.9.0.1", 40000, "10.8.0.9", 443, "S", seq=777777), 140.0)      # a new connect()
+    v = k.input(seg("10.8.0.9", 443, "10.9.0.1", 40000, "S.", seq=5000, ack=777778), 140.1)
+    assert (v.verdict, v.state) == ("deliver", "ESTAB"), v.reason
+    k2 = kernel("")
+    k2.output(seg("10.9.0.1", 40000, "10.8.0.9", 443, "S", seq=100), 0.0)
+    v = k2.input(seg("10.8.0.9", 443, "10.9.0.1", 40000, "S.", seq=5000, ack=777778), 0.1)
+    assert (v.verdict, v.state, v.reply) == ("drop", "SYN-SENT", "rst"), v.reason
+
+
+def test_old_segments_by_what_we_acknowledged():
+    # Kernel._old: rcv_wup is what our latest segment acknowledged.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "S", seq=1000), 0.0)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=9000, ack=1001), 0.0)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=9001), 0.0)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=10), 0.1)
+    # Not acknowledged yet: a copy may still be new to us (we cannot tell): taken.
+    assert k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=10), 0.2).verdict == "deliver"
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1011), 0.3)
+    got = [k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, fl, seq=sq, ack=9001, plen=n), 0.4).verdict
+           for fl, sq, n in (("P.", 1001, 10), (".", 1010, 0), (".", 1010, 1), (".", 1011, 0), ("P.", 1005, 10),
+                             ("F.", 1011, 0))]
+    # a retransmission, a keep-alive, a 1-byte keep-alive: dropped; an ACK in line, data
+    # past rcv_wup and a FIN: taken.
+    assert got == ["drop", "drop", "drop", "deliver", "deliver", "deliver"]

@@ -577,16 +577,14 @@ def pcap_records(C, buf, idx, out, nanos, snaplen):
     for j in range(idx.shape[0]):
         i = idx[j]
         ns = C[i, TS]
-        if ns < 0:
-            return -1 - j
-        sec = ns // 1000000000
+        sec = ns // 1000000000                     # (floor, as Python's divmod)
         frac = ns % 1000000000
         if not nanos:
             frac = (frac + 500) // 1000           # nearest microsecond
             if frac == 1000000:
                 sec += 1
                 frac = 0
-        if sec > 0xFFFFFFFF:
+        if sec < 0 or sec > 0xFFFFFFFF:
             return -1 - j
         n = min(C[i, CAP], snaplen)
         orig = max(C[i, ORIG], n)

@@ -219,7 +219,7 @@ class BatchEngine:
         self.oarena = _Arena()                        # --annotate: EPB options per verdict id
         self.vopt = np.full((1024, 2), -1, np.int64)
         # Verdicts whole (jsonl, annotations), or only their name and process (counts, split).
-        self.exact = jsonl_out is not None or any(sk.whole_verdicts for sk in self.sinks)
+        self.exact = jsonl_out is not None or any(getattr(sk, "whole_verdicts", True) for sk in self.sinks)
         self.enc = _encoder()
         self.value = _value_encoder(self.enc)
         self.tarena = _Arena()
@@ -588,6 +588,10 @@ class BatchEngine:
             # connection gets what its cached packets recorded.
             self._flush_all()
         rec, quiet = self._decide(p)
+        if s < 0 and (p.proto == 6 or p.frag is not None):
+            # ... and its connection may have moved on (a FIN with IP options): every TCP
+            # flow's cache is void, and refilled at its next packet.
+            self.scm[_nb.S_GEN_TCP] += 1
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
         if self.sinks:
@@ -764,12 +768,18 @@ class BatchEngine:
             mine = np.flatnonzero(tgt == t)
             if t in extra:
                 mine = np.sort(np.concatenate((mine, np.array(extra[t], np.int64))), kind="stable")
-            for lt in np.unique(lts[mine]).tolist():
-                idx = mine[lts[mine] == lt] if lts[mine].min() != lts[mine].max() else mine
+            mlts = lts[mine]
+            kinds, first = np.unique(mlts, return_index=True)
+            # Link types in the order their first frame comes (the first is the file's own).
+            for lt in kinds[np.argsort(first)].tolist():
+                idx = mine[mlts == lt] if len(kinds) > 1 else mine
                 w = sink.file(stem, lt)
                 out = np.empty(16 * len(idx) + int(C[idx, _nb.CAP].sum()), np.uint8)
-                n = _nb.pcap_records(C, buf, idx, out, w.nanos, w.snaplen)
-                if n < 0:
+                while len(idx):
+                    n = _nb.pcap_records(C, buf, idx, out, w.nanos, w.snaplen)
+                    if n >= 0:
+                        w.write_records(memoryview(out)[:n], len(idx))
+                        break
                     # A timestamp no pcap holds: the records before it, then the frame
                     # itself through SplitSink, which refuses it with its words.
                     bad = -1 - n
@@ -777,7 +787,7 @@ class BatchEngine:
                         n = _nb.pcap_records(C, buf, idx[:bad], out, w.nanos, w.snaplen)
                         w.write_records(memoryview(out)[:n], bad)
                     sink.put(w, self._frame(int(idx[bad])))
-                w.write_records(memoryview(out)[:n], len(idx))
+                    idx = idx[bad + 1:]
 
     def _emit(self, k: int) -> None:
         used = np.unique(self.C[:k, _nb.VID])

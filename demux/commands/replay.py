@@ -156,6 +156,28 @@ def _run(args, capture, outputs) -> int:
     return 0
 
 
+class _KeepGoing:
+    """Standard output for the batch engine's jsonl when files are written too: a reader
+    that goes away (`| head`) silences it, and the files still get the whole capture, as
+    in the reference loop."""
+
+    def __init__(self, raw):
+        self.raw, self.gone = raw, False
+
+    def write(self, b):
+        if not self.gone:
+            try:
+                return self.raw.write(b)
+            except BrokenPipeError:
+                silence_stdout()
+                self.gone = True
+        return len(b)
+
+    def flush(self) -> None:
+        if not self.gone:
+            self.raw.flush()
+
+
 def _run_batch(args, capture, scenario, batch, outputs) -> int:
     """The batch engine: the same records and files as the reference engine, faster on
     big files."""
@@ -170,7 +192,7 @@ def _run_batch(args, capture, scenario, batch, outputs) -> int:
         from demux.render.split import AnnotateSink
         files.append(AnnotateSink(args.annotate, outputs))
     sys.stdout.flush()
-    out = None if args.summary else sys.stdout.buffer
+    out = None if args.summary else (_KeepGoing(sys.stdout.buffer) if files else sys.stdout.buffer)
     summary, warning, notes = batch.replay_batch(capture, scenario, args.seed, args.workers, out, files)
     for s in files:
         s.close(summary)

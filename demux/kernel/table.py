@@ -810,8 +810,8 @@ class Kernel:
         if not c.expire:
             return None
         if st == ts.SYN_RECV:
-            if direction == "out":
-                return SYN, SYN, c.expire, (KEEPS_ISN if c.snd_isn is None else KEEPS_NOTHING)
+            if direction == "out":       # (a RST from it is not: _conn_out)
+                return SYN | RST, SYN, c.expire, (KEEPS_ISN if c.snd_isn is None else KEEPS_NOTHING)
             return SYN | ACK | RST, SYN, c.expire, KEEPS_NOTHING
         if st == ts.TIME_WAIT and direction == "out":
             # (a segment in restarts the timer: inet_twsk_reschedule)
@@ -1256,6 +1256,8 @@ class Kernel:
                            f"SYN; {c.describe()[4:]} stays", c.proc, c.fd, c.describe(), c.state)
         if flags & ACK and not flags & RST and c.state not in _UNSYNCHRONIZED:
             c.rcv_wup = p.ack         # tcp_select_window: rcv_wup = rcv_nxt, which it acknowledges
+        if c.state == ts.SYN_SENT and flags & SYN and not flags & (ACK | RST):
+            c.snd_isn = p.seq         # a retransmission keeps it; a new connect() from the port has its own
         if c.state == ts.SYN_RECV and flags & SYN:
             if c.snd_isn is None:
                 c.snd_isn = p.seq         # the SYN-ACK: retransmissions carry the same ISN
