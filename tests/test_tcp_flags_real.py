@@ -97,11 +97,11 @@ def _wait_line(proc, want: str, deadline: float) -> bytes:
     raise AssertionError(f"no {want!r} from {proc.args}: {buf!r}")
 
 
-def _serve_and_record(h, procs, server_code: str, pcap, deadline: float):
-    """``server_code`` running in the host namespace (it prints "ready"), and tcpdump
-    recording the host's side of the link into ``pcap``; returns tcpdump."""
+def _serve_and_record(h, procs, server_code: str, pcap, deadline: float, stdin=None):
+    """``server_code`` running in the host namespace (it prints "ready"; procs[-2]), and
+    tcpdump recording the host's side of the link into ``pcap``; returns tcpdump."""
     srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", server_code],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(srv)
     _wait_line(srv, "ready", deadline)
     dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
@@ -189,6 +189,16 @@ c.close()
 def _mac(ns, dev):
     out = _ip("-n", ns, "-o", "link", "show", dev).stdout
     return out.split("link/ether ")[1].split()[0]
+
+
+def _peer_off_the_air(h, p) -> tuple[str, str]:
+    """The peer's kernel gives up its address (so it answers none of the host's segments:
+    scapy speaks for it at the link layer), and the host gets the peer's link address by
+    hand, as nobody answers ARP for it now. Returns (host MAC, peer MAC)."""
+    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
+    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
+    _ip("-n", h, "neigh", "replace", PEER, "lladdr", pmac, "dev", "vfl-h", "nud", "permanent")
+    return hmac, pmac
 
 
 def _probe_from_the_link(h, p, cport: int, probes, gap: float) -> None:
@@ -344,20 +354,10 @@ try:
 except OSError:
     pass
 time.sleep(30)""")
-    srv = subprocess.Popen(["ip", "netns", "exec", h, sys.executable, "-c", dialer],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(srv)
     deadline = time.monotonic() + 40
-    _wait_line(srv, "ready", deadline)
-    dump = subprocess.Popen(["ip", "netns", "exec", h, "tcpdump", "-i", "vfl-h", "-s", "0", "-U",
-                             "--immediate-mode", "-w", str(pcap), "tcp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    procs.append(dump)
-    _wait_line(dump, "listening", deadline)
-    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
-    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
-    # Nobody answers ARP for the peer now: the host gets its link address by hand.
-    _ip("-n", h, "neigh", "replace", PEER, "lladdr", pmac, "dev", "vfl-h", "nud", "permanent")
+    dump = _serve_and_record(h, procs, dialer, pcap, deadline, stdin=subprocess.PIPE)
+    srv = procs[-2]
+    hmac, pmac = _peer_off_the_air(h, p)
     e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
     # Passive, from :33000: a wrong final ACK, the right one, data. From :33001: a RST
     # with a wrong ACK, then the right final ACK.
@@ -435,10 +435,8 @@ print("GOT", got, flush=True)
 c.close()
 time.sleep(60)""")
     dump = _serve_and_record(h, procs, reader, pcap, time.monotonic() + 40)
-    srv = procs[0]
-    hmac, pmac = _mac(h, "vfl-h"), _mac(p, "vfl-p")
-    _ip("-n", p, "addr", "del", f"{PEER}/24", "dev", "vfl-p")
-    _ip("-n", h, "neigh", "replace", PEER, "lladdr", pmac, "dev", "vfl-h", "nud", "permanent")
+    srv = procs[-2]
+    hmac, pmac = _peer_off_the_air(h, p)
     e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
     probes = [("A", 1001, b""), ("PA", 1001, b"hello"), ("PA", 1001, b"hello"), ("A", 1005, b""),
               ("A", 1005, b"x"), ("PA", 1003, b"llo!!"), ("PA", 1012, b"later"), ("PA", 1008, b"abcd"),
