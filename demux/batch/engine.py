@@ -204,6 +204,7 @@ class BatchEngine:
         self.agg_counts = dict.fromkeys(("deliver", "reject", "drop", "outbound", "ignored", "malformed"), 0)
         self.agg_proc: dict = {}
         self.finfo: dict[int, tuple] = {}
+        self.slots: dict[tuple, list[int]] = {}   # a TCP flow's (src, sport, dst, dport) -> its slots
         self.shadowed: dict[int, list] = {}
         self.summary = Summary(scenario)
         self.first_n: dict[tuple[str, int], int] = {}
@@ -433,6 +434,7 @@ class BatchEngine:
                 sl, dl = k.is_local(src), k.is_local(dst)
                 kind = ("loop" if sl else "in") if dl else ("out" if sl else "transit")
                 both.append((kind, (dst, dport, src, sport), (src, sport, dst, dport), src, sport, dst, dport))
+                self.slots.setdefault((src, sport, dst, dport), []).append(s)
             info = self.finfo[s] = (both[0], both[1])
         return info
 
@@ -525,6 +527,7 @@ class BatchEngine:
         self.ftpl[:] = 0
         self.tarena.clear()
         self.finfo.clear()
+        self.slots.clear()
         self.sc[_nb.S_NFLOWS] = 0
         self._gc()
 
@@ -582,15 +585,26 @@ class BatchEngine:
             self._first_ns = ns
         p = parse(n, ns / 1000000000, lt, self.bufm[off:off + cap].tobytes(),
                   self.ifnames[ifid] if ifid >= 0 else None, orig)
-        if s < 0 and self.shadowed and (p.proto == 6 or p.frag is not None):
-            # A TCP segment the numba parser left (IP options, extension headers, a
-            # fragment the kernel may reassemble): its flow is not known here, so every
-            # connection gets what its cached packets recorded.
-            self._flush_all()
+        # A TCP segment the numba parser left (IP options, extension headers, a segment
+        # near a scenario event): its flows get what their cached packets recorded, and
+        # after the kernel their caches are refilled (a FIN with IP options moves the
+        # connection on). A fragment's datagram is known only once the kernel joins it:
+        # then every flow is brought up to date, and every TCP cache voided.
+        known = ()
+        whole = False
+        if s < 0 and p.proto == 6 and p.error is None:
+            if p.frag is None:
+                known = self.slots.get((p.src, p.sport, p.dst, p.dport), ())
+                for slot in known:
+                    if slot in self.shadowed:
+                        self._sync(slot)
+            elif self.shadowed:
+                self._flush_all()
+                whole = True
         rec, quiet = self._decide(p)
-        if s < 0 and (p.proto == 6 or p.frag is not None):
-            # ... and its connection may have moved on (a FIN with IP options): every TCP
-            # flow's cache is void, and refilled at its next packet.
+        for slot in known:
+            self._recache(slot, 0, p, rec, quiet)
+        if whole:
             self.scm[_nb.S_GEN_TCP] += 1
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
