@@ -542,3 +542,33 @@ def test_old_segments_by_what_we_acknowledged():
     # a retransmission, a keep-alive, a 1-byte keep-alive: dropped; an ACK in line, data
     # past rcv_wup and a FIN: taken.
     assert got == ["drop", "drop", "drop", "deliver", "deliver", "deliver"]
+
+
+def test_an_old_fin_that_acknowledges_ours_still_moves_the_state():
+    # The FIN is a retransmission (it ends at rcv_wup), but tcp_ack runs first: CLOSING
+    # goes to TIME-WAIT and LAST-ACK to CLOSE; only the FIN itself is discarded.
+    for ours_first, want in ((True, "TIME-WAIT"), (False, "CLOSE")):
+        k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+        k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "S", seq=1000), 0.0)
+        k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=5000, ack=1001), 0.0)
+        k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=5001), 0.0)
+        if ours_first:          # simultaneous close; our ACK of their FIN is lost
+            k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "F.", seq=5001, ack=1001), 0.1)
+            k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F.", seq=1001, ack=5001), 0.1)
+            k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=5002, ack=1002), 0.1)
+        else:                   # they close first; our FIN goes; their FIN comes again
+            k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F.", seq=1001, ack=5001), 0.1)
+            k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "F.", seq=5001, ack=1002), 0.1)
+        v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F.", seq=1001, ack=5002), 0.2)
+        assert (v.verdict, v.state) == ("drop", want), v.reason
+        assert "its ACK is taken" in v.reason
+
+
+def test_old_by_half_the_sequence_space():
+    # before(a, b) is (s32)(a - b) < 0: a segment ending exactly 2**31 before rcv_wup is old.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "S", seq=1000), 0.0)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=5000, ack=1001), 0.0)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=5001), 0.0)
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=(1001 - 2**31) % 2**32, ack=5001), 0.1)
+    assert v.verdict == "drop" and "tcp_sequence" in v.reason

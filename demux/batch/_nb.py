@@ -33,16 +33,17 @@ NCOL = 25
 SLOW, FAST = 0, 1
 
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
-# Nine words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
-# its generation stamp, what cached segments record for the kernel (F_SHADOW: Kernel.steady's
-# KEEPS_RCV, the rcv_nxt and timestamp in F_RCV and F_TSV; KEEPS_ISN, the first segment's
-# sequence number in F_RCV; KEEPS_WUP, the latest one's acknowledgment number in F_RCV,
-# -1 unknown), recorded since?, and which TCP segments the verdict is for
-# (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns: Kernel.steady's answer).
-F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_DSTRIDE = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
-F_USED = 18
-F_KEY = 19            # 5 words: the flow's two endpoints and its protocol/interface word
-NFS = 24
+# Ten words per direction of travel (d = 0, 1), at F_DSTRIDE * d: the cached verdict id,
+# its generation stamp, what cached segments record for the kernel (F_SHADOW: bits of
+# Kernel.steady's KEEPS_*: the receiver's rcv_nxt and timestamp in F_RCV and F_TSV, or the
+# first segment's sequence number, our ISN, in F_RCV; and the sender's rcv_wup, the latest
+# one's acknowledgment number, in F_WUP, -1 unknown), recorded since? (F_RCV), and which
+# TCP segments the verdict is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns:
+# Kernel.steady's answer). A loopback segment is both: the receiver's and the sender's.
+F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_WUP, F_DSTRIDE = range(11)
+F_USED = 20
+F_KEY = 21            # 5 words: the flow's two endpoints and its protocol/interface word
+NFS = 26
 STAMP_FOREVER = -2
 
 # -- scalars sc[] -----------------------------------------------------------------------
@@ -385,6 +386,8 @@ def _flow(C, i, fst, sc):
             fst[s, F_SHADOW + F_DSTRIDE * 1] = 0
             fst[s, F_DIRTY] = 0
             fst[s, F_DIRTY + F_DSTRIDE * 1] = 0
+            fst[s, F_WUP] = -1
+            fst[s, F_WUP + F_DSTRIDE * 1] = -1
             sc[S_NFLOWS] += 1
             return s, d
         if (fst[s, F_KEY + 4] == meta and fst[s, F_KEY + 1] == a_lo and fst[s, F_KEY + 3] == b_lo
@@ -425,13 +428,13 @@ def run(C, fst, vc, sc, start, k):
             if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
                 return i
             ob = F_DSTRIDE * (1 - d)
-            if fst[s, F_SHADOW + ob] == KEEPS_WUP and fst[s, F_RCV + ob] >= 0:
-                # Old by what our latest segment acknowledged (Kernel._old): the kernel's.
-                left = (fst[s, F_RCV + ob] - ((C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF)) & 0xFFFFFFFF
-                if (left != 0 and left < 0x80000000) or (left == 0 and C[i, PLEN] > 0):
+            if fst[s, F_SHADOW + ob] & KEEPS_WUP and fst[s, F_WUP + ob] >= 0:
+                # Old by what the receiver's latest segment acknowledged (Kernel._old).
+                left = (fst[s, F_WUP + ob] - ((C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF)) & 0xFFFFFFFF
+                if (left != 0 and left <= 0x80000000) or (left == 0 and C[i, PLEN] > 0):
                     return i
             keeps = fst[s, F_SHADOW + b]
-            if keeps == KEEPS_RCV:
+            if keeps & KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
                 end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
                 r = fst[s, F_RCV + b]
@@ -441,14 +444,13 @@ def run(C, fst, vc, sc, start, k):
                 if C[i, TSVAL] >= 0:
                     fst[s, F_TSV + b] = C[i, TSVAL]
                 fst[s, F_DIRTY + b] = 1
-            elif keeps == KEEPS_ISN and not fst[s, F_DIRTY + b]:
+            elif keeps & KEEPS_ISN and not fst[s, F_DIRTY + b]:
                 # The first SYN-ACK of a request socket carries our ISN.
                 fst[s, F_RCV + b] = C[i, SEQ]
                 fst[s, F_DIRTY + b] = 1
-            elif keeps == KEEPS_WUP and C[i, FLAGS] & 0x10:
-                # What our segment acknowledges is rcv_wup (tcp_select_window).
-                fst[s, F_RCV + b] = C[i, ACK]
-                fst[s, F_DIRTY + b] = 1
+            if keeps & KEEPS_WUP and C[i, FLAGS] & 0x10:
+                # What the sender's segment acknowledges is its rcv_wup (tcp_select_window).
+                fst[s, F_WUP + b] = C[i, ACK]
         C[i, VID] = v
         vc[v, 0] += 1
         vc[v, 1] += C[i, PLEN]

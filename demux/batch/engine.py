@@ -79,7 +79,7 @@ from demux.batch import _nb
 from demux.capture import MAX_RECORD, CaptureReader, Frame, _PCAP_MAGICS, _Damage, open_capture
 from demux.engine import Engine, Record, ts_text
 from demux.kernel import Verdict
-from demux.kernel.table import KEEPS_ISN, KEEPS_NOTHING, KEEPS_WUP
+from demux.kernel.table import KEEPS_ISN, KEEPS_RCV, KEEPS_WUP
 from demux.kernel.sock import endpoint
 from demux.render.summary import Summary
 from demux.wire import flag_string, parse
@@ -367,33 +367,34 @@ class BatchEngine:
     # ---- the flow cache --------------------------------------------------------------
 
     def _sync(self, s: int) -> None:
-        """Write what the cached packets recorded (rcv_nxt and timestamp, or our ISN) back
-        into the Conns."""
+        """Write what the cached packets recorded (rcv_nxt and timestamp, our ISN, rcv_wup)
+        back into the Conns; the flow records nothing more until its cache is refilled."""
         conns = self.shadowed.pop(s, None)
         if conns is None:
             return
         fm = self.fm
         for d in (0, 1):
             b = s * _nb.NFS + _nb.F_DSTRIDE * d
-            c = conns[d]
-            if c is not None and fm[b + _nb.F_DIRTY]:
-                self._write_back(c, b)
+            self._write_back(conns, d, b)
             fm[b + _nb.F_SHADOW] = 0
             fm[b + _nb.F_DIRTY] = 0
+            fm[b + _nb.F_WUP] = -1
 
-    def _write_back(self, c, b: int) -> None:
+    def _write_back(self, conns, d: int, b: int) -> None:
+        """conns: [receiver of direction 0, of 1, sender of direction 0, of 1]."""
         fm = self.fm
         keeps = fm[b + _nb.F_SHADOW]
-        if keeps == KEEPS_ISN:
-            if c.snd_isn is None:
-                c.snd_isn = fm[b + _nb.F_RCV]
-        elif keeps == KEEPS_WUP:
-            c.rcv_wup = fm[b + _nb.F_RCV]
-        else:
-            c.rcv_nxt = fm[b + _nb.F_RCV]
-            tsv = fm[b + _nb.F_TSV]
-            if tsv >= 0:
-                c.tsval = tsv
+        if fm[b + _nb.F_DIRTY]:
+            c = conns[d]
+            if keeps & KEEPS_RCV and c is not None:
+                c.rcv_nxt = fm[b + _nb.F_RCV]
+                tsv = fm[b + _nb.F_TSV]
+                if tsv >= 0:
+                    c.tsval = tsv
+            elif keeps & KEEPS_ISN and conns[2 + d] is not None and conns[2 + d].snd_isn is None:
+                conns[2 + d].snd_isn = fm[b + _nb.F_RCV]
+        if keeps & KEEPS_WUP and conns[2 + d] is not None and fm[b + _nb.F_WUP] >= 0:
+            conns[2 + d].rcv_wup = fm[b + _nb.F_WUP]
 
     def _flush_all(self) -> None:
         """What every flow's cached packets recorded, into its Conns; the flows keep
@@ -402,10 +403,9 @@ class BatchEngine:
         for s, conns in self.shadowed.items():
             for d in (0, 1):
                 b = s * _nb.NFS + _nb.F_DSTRIDE * d
-                if conns[d] is not None and fm[b + _nb.F_DIRTY]:
-                    self._write_back(conns[d], b)
-                    if fm[b + _nb.F_SHADOW] != KEEPS_ISN:     # (the ISN is the first one's)
-                        fm[b + _nb.F_DIRTY] = 0
+                self._write_back(conns, d, b)
+                if not fm[b + _nb.F_SHADOW] & KEEPS_ISN:     # (the ISN is the first one's)
+                    fm[b + _nb.F_DIRTY] = 0
 
     def _sync_all(self) -> None:
         for s in list(self.shadowed):
@@ -439,17 +439,18 @@ class BatchEngine:
         return info
 
     def _also_sent(self, q, key_out):
-        """A loopback segment is the sender's output as well: the in-side's ``steady``
-        answer ``q`` narrowed to the segments the sending connection is steady for too
-        (both flag tests at once; None when they contradict or it is not steady)."""
+        """A loopback segment is the sender's output as well: (the in-side's ``steady``
+        answer ``q`` narrowed to the segments the sending connection is steady for too,
+        both flag tests at once and both records kept; the sending connection), or
+        (None, None) when they contradict or it is not steady."""
         co = self.k.est.get(key_out)
         qo = self.k.steady(co, "out") if co is not None else None
-        if qo is None or qo[3] != KEEPS_NOTHING:
-            return None           # (the loop keeps one record per direction: the receiver's)
+        if qo is None or q[3] & KEEPS_RCV and qo[3] & KEEPS_ISN:      # (those share F_RCV)
+            return None, None
         common = q[0] & qo[0]
         if q[1] & common != qo[1] & common:
-            return None
-        return q[0] | qo[0], q[1] | qo[1], min(q[2], qo[2]), q[3]
+            return None, None
+        return (q[0] | qo[0], q[1] | qo[1], min(q[2], qo[2]), q[3] | qo[3]), co
 
     def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
         fm = self.fm
@@ -471,10 +472,11 @@ class BatchEngine:
                 else:
                     direction = "out" if kind == "out" else "in"
                     c = est.get(key_out if kind == "out" else key_in)
+                    sender = c if kind == "out" else None
                     if c is not None:
                         q = steady(c, direction)
                         if q is not None and kind == "loop":
-                            q = self._also_sent(q, key_out)
+                            q, sender = self._also_sent(q, key_out)
                     if q is not None:
                         vid = self._vid_conn(direction, c)
                         mask, val, until, keeps = q
@@ -486,14 +488,15 @@ class BatchEngine:
                                                int(until * 1e9) - _EVENT_MARGIN_NS)
                         if keeps:
                             if conns is None:
-                                conns = [None, None]
-                            conns[dd] = c
-                            # rcv_nxt (or rcv_wup), timestamp, what is recorded, nothing recorded yet
-                            if keeps == KEEPS_WUP:
-                                fm[b + _nb.F_RCV] = -1 if c.rcv_wup is None else c.rcv_wup
-                            else:
-                                fm[b + _nb.F_RCV] = c.rcv_nxt
+                                conns = [None, None, None, None]
+                            conns[dd] = c if keeps & KEEPS_RCV else None
+                            conns[2 + dd] = sender
+                            # the receiver's rcv_nxt and timestamp, the sender's rcv_wup,
+                            # what is recorded, nothing recorded yet
+                            fm[b + _nb.F_RCV] = c.rcv_nxt
                             fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
+                            fm[b + _nb.F_WUP] = (-1 if sender is None or sender.rcv_wup is None
+                                                 else sender.rcv_wup)
                             fm[b + _nb.F_SHADOW] = keeps
                             fm[b + _nb.F_DIRTY] = 0
                 if vid >= 0 and self.out is not None:

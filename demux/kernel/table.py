@@ -30,8 +30,9 @@ _SYN_FIN_RST = SYN | FIN | RST
 _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
 _INF = float("inf")
-# What the segments ``Kernel.steady`` names still record (its last item).
-KEEPS_NOTHING, KEEPS_RCV, KEEPS_ISN, KEEPS_WUP = 0, 1, 2, 3
+# What the segments ``Kernel.steady`` names still record (its last item; bits, so that a
+# loopback segment, both sent and received, can keep the sender's and the receiver's).
+KEEPS_NOTHING, KEEPS_RCV, KEEPS_ISN, KEEPS_WUP = 0, 1, 2, 4
 _ENDED_KEPT = 1 << 16
 _SEND_RESET = {4: "tcp_v4_send_reset", 6: "tcp_v6_send_reset"}
 _UNSYNCHRONIZED = frozenset((ts.SYN_SENT, ts.SYN_RECV))          # the handshake's states
@@ -169,23 +170,31 @@ def _seq_after(a: int, b: int) -> bool:
     return ((a - b) & 0xFFFFFFFF) not in (0,) and ((a - b) & 0xFFFFFFFF) < 0x80000000
 
 
-def _old(c: "Conn", p, end: int) -> str | None:
-    """Why a segment ending at ``end`` (SYN and FIN counted) on a synchronized
+def _before(a: int, b: int) -> bool:
+    """The kernel's ``before(a, b)``: (s32)(a - b) < 0 (half the space apart counts)."""
+    return 0 < (b - a) & 0xFFFFFFFF <= 0x80000000
+
+
+def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
+    """(why, whole) when a segment ending at ``end`` (FIN counted) on a synchronized
     connection is old, else None. ``rcv_wup`` is what our latest segment acknowledged
     (``tcp_select_window`` sets it to ``rcv_nxt`` on every send), so all before it
-    arrived: ``tcp_sequence`` drops a segment that ends before it with a duplicate ACK
-    (TCP_OLD_SEQUENCE: keep-alive probes, old duplicates), and ``tcp_data_queue`` one
-    whose data or FIN ends at it (TCP_OLD_DATA: a retransmission of what was
-    acknowledged), acknowledging it again. Data past it may still fill a hole: taken."""
+    arrived. ``tcp_sequence`` drops a segment that ends before it whole, with a duplicate
+    ACK (TCP_OLD_SEQUENCE: keep-alive probes, old duplicates). One whose data or FIN ends
+    at it is a retransmission: its ACK still counts (``tcp_ack``, the state's own steps),
+    and ``tcp_data_queue`` drops the data, acknowledging it again (TCP_OLD_DATA). Data
+    past it may still fill a hole, or be new while our ACK is delayed: taken (holes are
+    not tracked, so ``rcv_nxt`` cannot stand in for it)."""
     wup = c.rcv_wup
     if wup is None:
         return None
-    if _seq_after(wup, end):
+    if _before(end, wup):
         return (f"old segment (ends at {end}, before {wup}, acknowledged already) for {c.describe()[4:]}: "
-                "answered with a duplicate ACK and discarded (tcp_validate_incoming: tcp_sequence)")
+                "answered with a duplicate ACK and discarded (tcp_validate_incoming: tcp_sequence)"), True
     if end == wup and (p.payload_len or p.flags & FIN):
         return (f"{'data' if p.payload_len else 'FIN'} up to {end} acknowledged already for "
-                f"{c.describe()[4:]}: a retransmission, acknowledged again and discarded (tcp_data_queue)")
+                f"{c.describe()[4:]}: a retransmission; its ACK is taken, the "
+                f"{'data' if p.payload_len else 'FIN'} acknowledged again and discarded (tcp_data_queue)"), False
     return None
 
 
@@ -848,8 +857,8 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state in _QUIET and steps is None
-                and (c.rcv_wup is None or _seq_after((p.seq + p.payload_len) & 0xFFFFFFFF, c.rcv_wup)
-                     or not p.payload_len and (p.seq + p.payload_len) & 0xFFFFFFFF == c.rcv_wup)):
+                and (c.rcv_wup is None or not _before((p.seq + p.payload_len) & 0xFFFFFFFF, c.rcv_wup)
+                     and (p.payload_len == 0 or (p.seq + p.payload_len) & 0xFFFFFFFF != c.rcv_wup))):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there).
             end = (p.seq + p.payload_len) & 0xFFFFFFFF
@@ -1131,9 +1140,13 @@ class Kernel:
                                "discarded (tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(),
                                c.state)
         if c.state not in _UNSYNCHRONIZED and not flags & (SYN | RST):
-            why = _old(c, p, (p.seq + p.payload_len + (1 if flags & FIN else 0)) & 0xFFFFFFFF)
-            if why is not None:
-                return Verdict("drop", why, c.proc, c.fd, c.describe(), c.state)
+            old = _old(c, p, (p.seq + p.payload_len + (1 if flags & FIN else 0)) & 0xFFFFFFFF)
+            if old is not None:
+                if old[1]:
+                    return Verdict("drop", old[0], c.proc, c.fd, c.describe(), c.state)
+                flags &= ~FIN             # an old FIN: only the ACK counts
+        else:
+            old = None
         if c.state in _UNSYNCHRONIZED:
             v = self._handshake_ack(c, p)
             if v is not None:
@@ -1158,7 +1171,8 @@ class Kernel:
                                "(tcp_abort_on_overflow=0)", c.proc, l.fd, l.describe(), ts.SYN_RECV)
             c.expire = 0.0
             # tcp_create_openreq_child: the new socket's rcv_wup is rcv_nxt, ISN+1.
-            c.rcv_wup = c.rcv_start
+            if c.rcv_start is not None:
+                c.rcv_wup = c.rcv_start
             if l is not None:
                 l.synq.pop(c.key, None)
             if l is not None and c.sock is None:
@@ -1171,7 +1185,10 @@ class Kernel:
             c.rcv_nxt = end
         if p.tsval is not None:
             c.tsval = p.tsval
-        return self._settle(c, new, now, "deliver")
+        v = self._settle(c, new, now, "deliver")
+        if old is not None:
+            v.verdict, v.reason = "drop", old[0]
+        return v
 
     def _settle(self, c: Conn, new: str, now: float, verdict: str) -> Verdict:
         if new != c.state:
