@@ -464,3 +464,40 @@ for fl, seq, data in {probes!r}:
     want = [("deliver", "ESTAB")] * 2 + [("drop", "ESTAB")] * 3 + [("deliver", "ESTAB")] * 3 + \
         [("deliver", "CLOSE-WAIT"), ("drop", "LAST-ACK")]
     assert got == want, [recs[i].v.reason for i in at]
+
+
+def test_segments_after_the_peers_fin(lab, tmp_path):
+    # CLOSE-WAIT (the peer's FIN taken, the application has not closed): data after the
+    # FIN is not queued (tcp_rcv_state_process: "if (!before(seq, rcv_nxt)) break", then
+    # discarded); a RST at rcv_nxt - 1 resets the connection (tcp_reset_check), one
+    # further back does not.
+    h, p, procs = lab
+    pcap = tmp_path / "cw.pcap"
+    holder = LISTENER.replace("time.sleep(60)", "c, _ = s.accept()\ntime.sleep(60)")
+    dump = _serve_and_record(h, procs, holder, pcap, time.monotonic() + 40)
+    hmac, pmac = _peer_off_the_air(h, p)
+    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
+    probes = [("A", 1001, b""), ("PA", 1001, b"abc"), ("FA", 1004, b""), ("PA", 1005, b"zzz"),
+              ("R", 1003, b""), ("R", 1004, b""), ("A", 1005, b"")]
+    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
+import time
+sa = srp1({e}/TCP(sport=35000, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
+for fl, seq, data in {probes!r}:
+    pkt = {e}/TCP(sport=35000, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1)
+    sendp(pkt / Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+    time.sleep(0.3)
+""")
+    _stop(dump, 0.3)
+    frames, pkts = _read(pcap)
+    at, answered = _answers(pkts, 35000, 0)
+    at, answered = at[1:], answered[1:]
+    assert len(at) == len(probes), "tcpdump missed a probe"
+    # The kernel: nothing to the ACK; ACKs of the data and of the FIN; nothing to the data
+    # after the FIN and to either RST; the last ACK finds no socket: RST.
+    assert [[f & 0x17 for f in a] for a in answered] == [[], [0x10], [0x10], [], [], [], [0x04]], answered
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    got = [(recs[i].v.verdict, recs[i].v.state, recs[i].v.reply) for i in at]
+    assert got == [("deliver", "ESTAB", None), ("deliver", "ESTAB", None), ("deliver", "CLOSE-WAIT", None),
+                   ("drop", "CLOSE-WAIT", None), ("drop", "CLOSE-WAIT", None), ("deliver", "CLOSE", None),
+                   ("reject", None, "rst")], [recs[i].v.reason for i in at]

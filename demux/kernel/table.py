@@ -29,6 +29,7 @@ SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
 _SYN_FIN_RST = SYN | FIN | RST
 _SYN_FIN_RST_ACK = _SYN_FIN_RST | ACK
 _QUIET = frozenset((ts.ESTAB, ts.CLOSE_WAIT))   # states a plain segment leaves unchanged
+_PEER_FIN_IN = frozenset((ts.CLOSE_WAIT, ts.CLOSING, ts.LAST_ACK))   # the peer's FIN taken
 _INF = float("inf")
 # What the segments ``Kernel.steady`` names still record (its last item; bits, so that a
 # loopback segment, both sent and received, can keep the sender's and the receiver's).
@@ -814,6 +815,8 @@ class Kernel:
             if c.expire or c.fin_out is not None:
                 return None
             if direction == "in":
+                if st == ts.CLOSE_WAIT:
+                    return None           # (data after the peer's FIN is discarded: _conn_in)
                 return _SYN_FIN_RST_ACK, ACK, _INF, KEEPS_RCV     # (without ACK: discarded, _conn_in)
             return _SYN_FIN_RST, 0, _INF, KEEPS_WUP
         if not c.expire:
@@ -856,7 +859,7 @@ class Kernel:
         flags = p.flags
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
-                and c.state in _QUIET and steps is None
+                and c.state in _QUIET and steps is None and (c.state == ts.ESTAB or not p.payload_len)
                 and (c.rcv_wup is None or not _before((p.seq + p.payload_len) & 0xFFFFFFFF, c.rcv_wup)
                      and (p.payload_len == 0 or (p.seq + p.payload_len) & 0xFFFFFFFF != c.rcv_wup))):
             # The common case: data or an ACK on an open connection changes no state
@@ -1130,8 +1133,10 @@ class Kernel:
         if c.state not in _UNSYNCHRONIZED and c.rcv_nxt:
             # tcp_validate_incoming (RFC 5961): in a synchronized state a SYN is answered
             # with a challenge ACK and discarded; a RST resets only at exactly rcv_nxt
-            # (in the window otherwise: a challenge ACK; outside it: ignored).
-            if flags & RST and p.seq != c.rcv_nxt:
+            # (in the window otherwise: a challenge ACK; outside it: ignored), or at
+            # rcv_nxt - 1 once the peer's FIN is in (tcp_reset_check).
+            if (flags & RST and p.seq != c.rcv_nxt
+                    and not (c.state in _PEER_FIN_IN and p.seq == (c.rcv_nxt - 1) & 0xFFFFFFFF)):
                 return Verdict("drop", f"RST at sequence {p.seq}, not rcv_nxt {c.rcv_nxt}, for "
                                f"{c.describe()[4:]}: no reset; a challenge ACK if it is in the window "
                                "(tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(), c.state)
@@ -1147,6 +1152,9 @@ class Kernel:
                 flags &= ~FIN             # an old FIN: only the ACK counts
         else:
             old = None
+        # Data from rcv_nxt on once the peer's FIN is in: only its ACK counts (below).
+        after_fin = bool(p.payload_len and c.state in _PEER_FIN_IN and c.rcv_nxt
+                         and not _before(p.seq, c.rcv_nxt))
         if c.state in _UNSYNCHRONIZED:
             v = self._handshake_ack(c, p)
             if v is not None:
@@ -1181,13 +1189,19 @@ class Kernel:
         new = ts.next_state(c.state, "in", ev)
         if c.state == ts.SYN_SENT and new != ts.SYN_SENT and flags & SYN:
             c.rcv_wup = end           # tcp_rcv_synsent_state_process: rcv_nxt = rcv_wup = SEQ+1
-        if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
+        if (c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt)) and not after_fin:
             c.rcv_nxt = end
         if p.tsval is not None:
             c.tsval = p.tsval
         v = self._settle(c, new, now, "deliver")
         if old is not None:
             v.verdict, v.reason = "drop", old[0]
+        elif after_fin:
+            # tcp_rcv_state_process, step 7: the peer sent its FIN, so nothing from
+            # rcv_nxt on is queued ("if (!before(seq, rcv_nxt)) break"); its ACK counted.
+            v.verdict = "drop"
+            v.reason = (f"data after the peer's FIN (from {p.seq}, rcv_nxt {c.rcv_nxt}) for "
+                        f"{c.describe()[4:]}: its ACK is taken, the data discarded (tcp_rcv_state_process)")
         return v
 
     def _settle(self, c: Conn, new: str, now: float, verdict: str) -> Verdict:
