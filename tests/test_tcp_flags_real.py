@@ -201,6 +201,21 @@ def _peer_off_the_air(h, p) -> tuple[str, str]:
     return hmac, pmac
 
 
+def _connect_then(h, p, sport: int, probes) -> None:
+    """From the peer's ``sport`` at the link layer: a SYN (ISN 1000) to the host's :80,
+    then (flags, seq, data) probes 0.3 s apart, each acknowledging the host's SYN-ACK."""
+    hmac, pmac = _peer_off_the_air(h, p)
+    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
+    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
+import time
+sa = srp1({e}/TCP(sport={sport}, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
+for fl, seq, data in {probes!r}:
+    pkt = {e}/TCP(sport={sport}, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1)
+    sendp(pkt / Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+    time.sleep(0.3)
+""")
+
+
 def _probe_from_the_link(h, p, cport: int, probes, gap: float) -> None:
     """Send (flags, seq, ack, payload) segments from the peer's port ``cport`` at the link
     layer, ``gap`` seconds apart, once the peer's kernel no longer owns its address (so
@@ -436,19 +451,10 @@ c.close()
 time.sleep(60)""")
     dump = _serve_and_record(h, procs, reader, pcap, time.monotonic() + 40)
     srv = procs[-2]
-    hmac, pmac = _peer_off_the_air(h, p)
-    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
     probes = [("A", 1001, b""), ("PA", 1001, b"hello"), ("PA", 1001, b"hello"), ("A", 1005, b""),
               ("A", 1005, b"x"), ("PA", 1003, b"llo!!"), ("PA", 1012, b"later"), ("PA", 1008, b"abcd"),
               ("FA", 1017, b""), ("FA", 1017, b"")]
-    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
-import time
-sa = srp1({e}/TCP(sport=34000, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
-for fl, seq, data in {probes!r}:
-    pkt = {e}/TCP(sport=34000, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1)
-    sendp(pkt / Raw(data) if data else pkt, iface='vfl-p', verbose=0)
-    time.sleep(0.3)
-""")
+    _connect_then(h, p, 34000, probes)
     said = _wait_line(srv, "GOT", time.monotonic() + 10)
     assert b"GOT b'hello!!abcdlater'" in said, said       # what the application read
     _stop(dump, 0.3)
@@ -475,18 +481,9 @@ def test_segments_after_the_peers_fin(lab, tmp_path):
     pcap = tmp_path / "cw.pcap"
     holder = LISTENER.replace("time.sleep(60)", "c, _ = s.accept()\ntime.sleep(60)")
     dump = _serve_and_record(h, procs, holder, pcap, time.monotonic() + 40)
-    hmac, pmac = _peer_off_the_air(h, p)
-    e = f"Ether(src='{pmac}', dst='{hmac}')/IP(src='{PEER}', dst='{HOST}')"
     probes = [("A", 1001, b""), ("PA", 1001, b"abc"), ("FA", 1004, b""), ("PA", 1005, b"zzz"),
               ("R", 1003, b""), ("R", 1004, b""), ("A", 1005, b"")]
-    _send(p, f"""from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
-import time
-sa = srp1({e}/TCP(sport=35000, dport=80, flags='S', seq=1000), iface='vfl-p', timeout=5, verbose=0)
-for fl, seq, data in {probes!r}:
-    pkt = {e}/TCP(sport=35000, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1)
-    sendp(pkt / Raw(data) if data else pkt, iface='vfl-p', verbose=0)
-    time.sleep(0.3)
-""")
+    _connect_then(h, p, 35000, probes)
     _stop(dump, 0.3)
     frames, pkts = _read(pcap)
     at, answered = _answers(pkts, 35000, 0)
