@@ -36,7 +36,6 @@ deletes both namespaces, whatever happened.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import gc
 import os
@@ -45,17 +44,14 @@ import signal
 import socket
 import subprocess
 import time
-import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from demux.scenario import SocketSpec
-from realkernel import RealKernelError, _check_allowed, _errname, _fmt, _ip, _ip_batch, _plain, _setns
+from realkernel import RealKernelError, _check_allowed, _errname, _fmt, _ip, _ip_batch, _plain, child_loop
 
 HOST_MAC, PEER_MAC = "02:09:00:00:00:01", "02:09:00:00:00:02"
 CTL_FD = 250            # where a child's control pipe lives, out of the way of its sockets
-PR_SET_NAME = 15
-_libc = ctypes.CDLL(None, use_errno=True)
 _count = [0]
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)      # Python 3.11 lacks the name (linux/in.h)
 _PKTINFO = {(socket.IPPROTO_IP, IP_PKTINFO), (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)}
@@ -83,7 +79,6 @@ def _fork(ns_path: str, uid: int, comm: str | None, factory) -> tuple[int, Conne
     a, b = socket.socketpair()
     pid = os.fork()
     if pid == 0:
-        code = 0
         try:
             # Objects inherited from the parent may own fds about to be closed; a collection
             # finalising one would close whatever socket reuses that number.
@@ -93,31 +88,9 @@ def _fork(ns_path: str, uid: int, comm: str | None, factory) -> tuple[int, Conne
             os.closerange(3, CTL_FD)
             os.closerange(CTL_FD + 1, 65536)
             ctl = Connection(CTL_FD)
-            _setns(ns_path)
-            if comm:
-                _libc.prctl(PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
-            if uid:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            handlers = factory(ctl)
-            ctl.send(("ok", os.getpid()))
-            while True:
-                op, args = ctl.recv()
-                if op == "exit":
-                    break
-                try:
-                    ctl.send(("ok", handlers[op](*args)))
-                except Exception:
-                    ctl.send(("exc", traceback.format_exc()))
         except BaseException:
-            code = 1
-            try:
-                ctl.send(("exc", traceback.format_exc()))
-            except Exception:
-                pass
-        finally:
-            os._exit(code)
+            os._exit(1)
+        child_loop(ctl, ns_path, uid, factory, comm)
     b.close()
     return pid, Connection(a.detach())
 

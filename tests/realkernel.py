@@ -61,6 +61,7 @@ ALLOWED_V6 = ipaddress.ip_network("fd9::/16")
 CLONE_NEWNET = 0x40000000
 WARM_PORT = 9          # discard: the warm-up datagram expects an ICMP answer from it
 _libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NAME = 15
 _seq = itertools.count()
 
 # Scenario sysctls written into the host namespace, plus what the harness needs there.
@@ -163,38 +164,48 @@ def _ip_batch(lines: list[str], netns: str | None = None, check: bool = True) ->
 
 # ---- children ---------------------------------------------------------------------------
 
+def child_loop(conn: Connection, ns_path: str, uid: int, factory, comm: str | None = None) -> None:
+    """In a forked child, never returning: into the namespace ``ns_path``, named ``comm``,
+    as ``uid``; then serve ``factory(conn)``'s requests (op -> function) over ``conn``
+    until "exit". The first message says ("ok", pid); an exception is sent back as
+    ("exc", traceback)."""
+    code = 0
+    try:
+        _setns(ns_path)
+        if comm:
+            _libc.prctl(PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
+        if uid:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        handlers = factory(conn)
+        conn.send(("ok", os.getpid()))
+        while True:
+            op, args = conn.recv()
+            if op == "exit":
+                break
+            try:
+                conn.send(("ok", handlers[op](*args)))
+            except Exception:
+                conn.send(("exc", traceback.format_exc()))
+    except BaseException:
+        code = 1
+        try:
+            conn.send(("exc", traceback.format_exc()))
+        except Exception:
+            pass
+    finally:
+        os._exit(code)
+
+
 def _spawn(ns_path: str, uid: int, handler_factory) -> tuple[int, Connection]:
     """Fork a child into the namespace ``ns_path`` running as ``uid``; it serves requests
     from ``handler_factory()`` (a dict op -> function) over the returned pipe."""
     parent, child = Pipe(duplex=True)
     pid = os.fork()
     if pid == 0:  # child: never returns
-        code = 0
-        try:
-            parent.close()
-            _setns(ns_path)
-            if uid != 0:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            handlers = handler_factory()
-            child.send(("ok", None))
-            while True:
-                op, args = child.recv()
-                if op == "exit":
-                    break
-                try:
-                    child.send(("ok", handlers[op](*args)))
-                except Exception:
-                    child.send(("exc", traceback.format_exc()))
-        except BaseException:
-            code = 1
-            try:
-                child.send(("exc", traceback.format_exc()))
-            except Exception:
-                pass
-        finally:
-            os._exit(code)
+        parent.close()
+        child_loop(child, ns_path, uid, lambda _conn: handler_factory())
     child.close()
     return pid, parent
 
