@@ -186,17 +186,26 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
     and ``tcp_data_queue`` drops the data, acknowledging it again (TCP_OLD_DATA). Data
     past it may still fill a hole, or be new while our ACK is delayed: taken (holes are
     not tracked, so ``rcv_nxt`` cannot stand in for it)."""
-    wup = c.rcv_wup
-    if wup is None:
-        return None
-    if _before(end, wup):
-        return (f"old segment (ends at {end}, before {wup}, acknowledged already) for {c.describe()[4:]}: "
-                "answered with a duplicate ACK and discarded (tcp_validate_incoming: tcp_sequence)"), True
-    if end == wup and (p.payload_len or p.flags & FIN):
+    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN)
+    if kind == 1:
+        return (f"old segment (ends at {end}, before {c.rcv_wup}, acknowledged already) for "
+                f"{c.describe()[4:]}: answered with a duplicate ACK and discarded (tcp_validate_incoming: "
+                "tcp_sequence)"), True
+    if kind == 2:
         return (f"{'data' if p.payload_len else 'FIN'} up to {end} acknowledged already for "
                 f"{c.describe()[4:]}: a retransmission; its ACK is taken, the "
                 f"{'data' if p.payload_len else 'FIN'} acknowledged again and discarded (tcp_data_queue)"), False
     return None
+
+
+def _old_kind(wup: int | None, end: int, data) -> int:
+    """``_old``'s test alone: 0 not old, 1 ends before ``wup``, 2 its data (``data``
+    true) ends at it."""
+    if wup is None:
+        return 0
+    if _before(end, wup):
+        return 1
+    return 2 if end == wup and data else 0
 
 
 def _ack_covers(ack: int, fin_out: int) -> bool:
@@ -860,8 +869,7 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state in _QUIET and steps is None and (c.state == ts.ESTAB or not p.payload_len)
-                and (c.rcv_wup is None or not _before((p.seq + p.payload_len) & 0xFFFFFFFF, c.rcv_wup)
-                     and (p.payload_len == 0 or (p.seq + p.payload_len) & 0xFFFFFFFF != c.rcv_wup))):
+                and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len)):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there).
             end = (p.seq + p.payload_len) & 0xFFFFFFFF
