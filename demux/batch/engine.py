@@ -660,7 +660,7 @@ class BatchEngine:
         """--split/--annotate: every frame of the chunk and its Record (the kernel's, or one
         made from the cached verdict), in capture order, before the buffer is reused. A
         split sink (files chosen by verdict and process only) takes the chunk at once."""
-        Cm, bufm, vlist, names, slow = self.Cm, self.bufm, self.vlist, self.ifnames, self.slow_recs
+        slow = self.slow_recs
         writes = []
         for sk in self.sinks:
             if hasattr(sk, "targets"):
@@ -670,18 +670,15 @@ class BatchEngine:
         if not writes:
             slow.clear()
             return
-        ncol, last, vcol = _nb.NCOL, _nb.LT + 1, _nb.VID
+        Cm, vlist, ncol, vcol = self.Cm, self.vlist, _nb.NCOL, _nb.VID
         for i in range(k):
-            o = i * ncol
-            n, ns, off, cap, orig, ifid, lt = Cm[o:o + last].tolist()
-            frame = Frame(n, ns / 1000000000, ns, lt, bufm[off:off + cap].tobytes(), orig,
-                          names[ifid] if ifid >= 0 else None, -1)
+            frame = self._frame(i)
             rec = slow.get(i)
             if rec is not None:
                 rec.frame = frame
             else:
-                direction, v, _key = vlist[Cm[o + vcol]]
-                rec = Record(n, frame.ts, None, direction, v, frame)
+                direction, v, _key = vlist[Cm[i * ncol + vcol]]
+                rec = Record(frame.n, frame.ts, None, direction, v, frame)
             for write in writes:
                 write(rec)
         slow.clear()
