@@ -94,6 +94,12 @@ class _Output:
     def flush(self) -> None:
         self._f.flush()
 
+    def write_records(self, records, count: int) -> None:
+        """``count`` records already in this file's format, as ``write`` makes them (on
+        interfaces already declared, for pcapng): the batch engine builds a chunk's."""
+        self._write(records)
+        self.count += count
+
     def close(self) -> None:
         if self._f is None:
             return
@@ -145,12 +151,6 @@ class PcapWriter(_Output):
         self._write(_PCAP_REC.pack(sec, frac, len(data), max(orig_len, len(data))))
         self._write(data)
         self.count += 1
-
-    def write_records(self, records, count: int) -> None:
-        """``count`` records already in this file's format (header and data each, the data
-        cut to ``snaplen``), as ``write`` makes them: the batch engine builds a chunk's."""
-        self._write(records)
-        self.count += count
 
     def write_frame(self, frame) -> None:
         """Copy a ``demux.capture.Frame`` (its link type must be this file's)."""
@@ -245,12 +245,6 @@ class PcapngWriter(_Output):
     def interface_id(self, linktype: int, ifname: str | None = None, tsoffset: int = 0) -> int | None:
         """The id of an interface already declared, else None (``interface`` declares)."""
         return self._ifaces.get((linktype, ifname, tsoffset))
-
-    def write_records(self, records, count: int) -> None:
-        """``count`` EPBs already in ``write``'s format, on interfaces already declared:
-        the batch engine builds a chunk's."""
-        self._write(records)
-        self.count += count
 
     def write_frame(self, frame, comment: str | None = None, pid: int | None = None,
                     direction: str | None = None) -> None:

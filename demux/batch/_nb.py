@@ -37,7 +37,7 @@ SLOW, FAST = 0, 1
 # its generation stamp, what cached segments record for the kernel (F_SHADOW: bits of
 # Kernel.steady's KEEPS_*: the receiver's rcv_nxt and timestamp in F_RCV and F_TSV, or the
 # first segment's sequence number, our ISN, in F_RCV; and the sender's rcv_wup, the latest
-# one's acknowledgment number, in F_WUP, -1 unknown), recorded since? (F_RCV), and which
+# one's acknowledgment number, in F_WUP, -1 unknown), recorded since? (F_DIRTY), and which
 # TCP segments the verdict is for (flags & F_MASK == F_VAL, timestamp < F_UNTIL ns:
 # Kernel.steady's answer). A loopback segment is both: the receiver's and the sender's.
 F_VID, F_STAMP, F_RCV, F_TSV, F_SHADOW, F_DIRTY, F_MASK, F_VAL, F_UNTIL, F_WUP, F_DSTRIDE = range(11)
@@ -570,6 +570,14 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
     return o
 
 
+@njit(cache=True, inline="always")
+def _u32le(out, o, x):
+    out[o] = x & 0xFF
+    out[o + 1] = (x >> 8) & 0xFF
+    out[o + 2] = (x >> 16) & 0xFF
+    out[o + 3] = (x >> 24) & 0xFF
+
+
 @njit(cache=True, nogil=True)
 def pcap_records(C, buf, idx, out, nanos, snaplen):
     """The pcap records (``PcapWriter.write``'s format: the 16-byte header, the data cut
@@ -590,24 +598,15 @@ def pcap_records(C, buf, idx, out, nanos, snaplen):
             return -1 - j
         n = min(C[i, CAP], snaplen)
         orig = max(C[i, ORIG], n)
-        for w, x in enumerate((sec, frac, n, orig)):
-            out[o + 4 * w] = x & 0xFF
-            out[o + 4 * w + 1] = (x >> 8) & 0xFF
-            out[o + 4 * w + 2] = (x >> 16) & 0xFF
-            out[o + 4 * w + 3] = (x >> 24) & 0xFF
+        _u32le(out, o, sec)
+        _u32le(out, o + 4, frac)
+        _u32le(out, o + 8, n)
+        _u32le(out, o + 12, orig)
         o += 16
         off = C[i, OFF]
         out[o:o + n] = buf[off:off + n]
         o += n
     return o
-
-
-@njit(cache=True, inline="always")
-def _u32le(out, o, x):
-    out[o] = x & 0xFF
-    out[o + 1] = (x >> 8) & 0xFF
-    out[o + 2] = (x >> 16) & 0xFF
-    out[o + 3] = (x >> 24) & 0xFF
 
 
 @njit(cache=True, nogil=True)

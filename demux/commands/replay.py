@@ -75,8 +75,7 @@ def _progress(reader, capture):
 def _run(args, capture, outputs) -> int:
     notes: list[str] = []
     scenario = load_or_infer(capture, args.scenario, notes)
-    for line in notes:
-        print(f"demux replay: note: {line}", file=sys.stderr)
+    _note(notes)
     engine = args.engine
     if engine != "reference":
         from demux import batch
@@ -90,14 +89,8 @@ def _run(args, capture, outputs) -> int:
     # The capture is opened (and its header checked) before any output: an unreadable
     # capture is one line on stderr, not a table header and then the line.
     with open_capture(capture) as reader:
-        files = []
         # Output files first: one that cannot be written is refused before stdout gets a line.
-        if args.split:
-            from demux.render.split import SplitSink
-            files.append(SplitSink(args.split, scenario.processes, outputs))
-        if args.annotate:
-            from demux.render.split import AnnotateSink
-            files.append(AnnotateSink(args.annotate, outputs))
+        files = _file_sinks(args, scenario, outputs)
         shown = None
         if not args.summary:
             from demux.render import records
@@ -145,8 +138,7 @@ def _run(args, capture, outputs) -> int:
         outputs.commit()
         if shown is not None:
             shown.close(summary)
-        for line in eng.finish():
-            print(f"demux replay: note: {line}", file=sys.stderr)
+        _note(eng.finish())
         if args.summary:
             sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
         sys.stdout.flush()
@@ -154,6 +146,23 @@ def _run(args, capture, outputs) -> int:
             print(f"demux replay: warning: {reader.warning}", file=sys.stderr)
             return 1
     return 0
+
+
+def _note(lines) -> None:
+    for line in lines:
+        print(f"demux replay: note: {line}", file=sys.stderr)
+
+
+def _file_sinks(args, scenario, outputs) -> list:
+    """The --split and --annotate sinks asked for (demux.render.split)."""
+    files = []
+    if args.split:
+        from demux.render.split import SplitSink
+        files.append(SplitSink(args.split, scenario.processes, outputs))
+    if args.annotate:
+        from demux.render.split import AnnotateSink
+        files.append(AnnotateSink(args.annotate, outputs))
+    return files
 
 
 class _KeepGoing:
@@ -184,21 +193,14 @@ def _run_batch(args, capture, scenario, batch, outputs) -> int:
     if not batch.usable(args):
         raise DemuxError("--engine batch replays a capture file with --format jsonl or --summary "
                          "(not standard input, table or csv)")
-    files = []
-    if args.split:
-        from demux.render.split import SplitSink
-        files.append(SplitSink(args.split, scenario.processes, outputs))
-    if args.annotate:
-        from demux.render.split import AnnotateSink
-        files.append(AnnotateSink(args.annotate, outputs))
+    files = _file_sinks(args, scenario, outputs)
     sys.stdout.flush()
     out = None if args.summary else (_KeepGoing(sys.stdout.buffer) if files else sys.stdout.buffer)
     summary, warning, notes = batch.replay_batch(capture, scenario, args.seed, args.workers, out, files)
     for s in files:
         s.close(summary)
     outputs.commit()
-    for line in notes:
-        print(f"demux replay: note: {line}", file=sys.stderr)
+    _note(notes)
     if args.summary:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
     sys.stdout.flush()

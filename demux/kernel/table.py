@@ -208,6 +208,13 @@ def _old_kind(wup: int | None, end: int, data) -> int:
     return 2 if end == wup and data else 0
 
 
+def _sent(c: "Conn", p) -> None:
+    """A segment our synchronized connection ``c`` sent: ``tcp_select_window`` sets
+    ``rcv_wup`` to ``rcv_nxt``, which the segment acknowledges (not a RST: it closes)."""
+    if p.flags & ACK and not p.flags & RST:
+        c.rcv_wup = p.ack
+
+
 def _ack_covers(ack: int, fin_out: int) -> bool:
     return ((ack - fin_out) & 0xFFFFFFFF) < 0x80000000
 
@@ -868,10 +875,11 @@ class Kernel:
         flags = p.flags
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
-                and c.state in _QUIET and steps is None and (c.state == ts.ESTAB or not p.payload_len)
+                and c.state == ts.ESTAB and steps is None
                 and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len)):
             # The common case: data or an ACK on an open connection changes no state
-            # (what _conn_in would do for it, without the detour; an old one goes there).
+            # (what _conn_in would do for it, without the detour; an old one goes there,
+            # and CLOSE-WAIT's, which may bring data after the peer's FIN).
             end = (p.seq + p.payload_len) & 0xFFFFFFFF
             if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
                 c.rcv_nxt = end
@@ -1247,8 +1255,7 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and not flags & _SYN_FIN_RST and not c.expire and c.fin_out is None
                 and c.state in _QUIET):
-            if flags & ACK:
-                c.rcv_wup = p.ack     # tcp_select_window: what this segment acknowledges
+            _sent(c, p)
             return Verdict("outbound", c.reason, c.proc, c.fd, c.describe(), c.state)   # as in _tcp_in
         c = self._established(key, now, None)
         if c is not None and c.state == ts.TIME_WAIT:
@@ -1293,8 +1300,8 @@ class Kernel:
             # a segment that acknowledged something else (_handshake_ack); it stays.
             return Verdict("outbound", f"the kernel's RST to a segment that acknowledged {p.seq}, not our "
                            f"SYN; {c.describe()[4:]} stays", c.proc, c.fd, c.describe(), c.state)
-        if flags & ACK and not flags & RST and c.state not in _UNSYNCHRONIZED:
-            c.rcv_wup = p.ack         # tcp_select_window: rcv_wup = rcv_nxt, which it acknowledges
+        if c.state not in _UNSYNCHRONIZED:
+            _sent(c, p)
         if c.state == ts.SYN_SENT and flags & SYN and not flags & (ACK | RST):
             c.snd_isn = p.seq         # a retransmission keeps it; a new connect() from the port has its own
         if c.state == ts.SYN_RECV and flags & SYN:

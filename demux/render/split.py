@@ -151,18 +151,20 @@ class AnnotateSink:
         self.path = path
         self.w = PcapngWriter(outputs.open(path, "--annotate"))
 
+    @staticmethod
+    def _about(v, direction) -> dict:
+        """What a frame's EPB says of it: the comment, the pid, the direction."""
+        return {"comment": verdict_note(v), "pid": v.proc.pid if v.proc is not None else None,
+                "direction": direction if direction in ("in", "out") else None}
+
     def options(self, v, direction) -> bytes:
         """The EPB options ``write`` gives a frame with verdict ``v`` travelling ``direction``."""
-        return self.w.epb_options(verdict_note(v), v.proc.pid if v.proc is not None else None,
-                                  direction=direction if direction in ("in", "out") else None)
+        return self.w.epb_options(**self._about(v, direction))
 
     def write(self, rec) -> None:
         if rec.frame is not None:
-            v = rec.v
             try:
-                self.w.write_frame(rec.frame, comment=verdict_note(v),
-                                   pid=v.proc.pid if v.proc is not None else None,
-                                   direction=rec.direction if rec.direction in ("in", "out") else None)
+                self.w.write_frame(rec.frame, **self._about(rec.v, rec.direction))
             except ValueError as err:
                 raise DemuxError(f"{self.path}: cannot write packet {rec.frame.n}: {err}") from None
 
