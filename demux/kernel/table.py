@@ -151,11 +151,12 @@ class Verdict:
 
 class _Match:
     """What the listener lookup finds for one local end (address, port, arrival device),
-    kept until the table changes: the listener and its reason, or, for a SO_REUSEPORT
-    group, the members the flow hash chooses among, the part of the hash the local end
-    fixes, and each member's reason."""
+    kept until the table changes: ``found``, the answer (listener or None, its reason);
+    or, for a SO_REUSEPORT group, ``picks``, each member's answer, which the flow hash
+    chooses among, with ``base``, the part of the hash the local end fixes. The answers
+    are built here once, so a lookup returns one of them as it is."""
 
-    __slots__ = ("sock", "reason", "members", "n", "base", "reasons")
+    __slots__ = ("found", "picks", "n", "base")
 
 
 class Lookup:
@@ -697,30 +698,26 @@ class Kernel:
             l, exact = lk.tcp_listener(self.listeners.get(lport, ()), 4 if len(local) == 4 else 6, remote,
                                        rport, local, lport, ifname, self.seed, steps)
             return l, (self._listener_reason(l, exact, local, lport) if l is not None else None)
-        m = self._tcp_matches.get((local, lport, ifname))
-        if m is None:
-            m = self._tcp_match(local, lport, ifname)
-        if m.members is None:
-            return m.sock, m.reason
+        m = self._tcp_matches.get((local, lport, ifname)) or self._tcp_match(local, lport, ifname)
+        if m.picks is None:
+            return m.found
         # reuseport_select_sock_by_hash: reciprocal_scale(flow hash, group size), with
         # lookup.flow_hash's second half written out (tests/test_kernel_rules.py holds
         # the two together).
-        i = (_crc32(remote, m.base ^ rport) * m.n) >> 32
-        return m.members[i], m.reasons[i]
+        return m.picks[(_crc32(remote, m.base ^ rport) * m.n) >> 32]
 
     def _tcp_match(self, local: bytes, lport: int, ifname) -> _Match:
         sk, exact = lk.tcp_listener(self.listeners.get(lport, ()), 4 if len(local) == 4 else 6, b"", 0,
                                     local, lport, ifname, self.seed, None, pick=False)
         m = _Match()
-        m.sock = m.reason = m.members = m.reasons = None
-        m.n = m.base = 0
+        m.found, m.picks, m.n, m.base = (None, None), None, 0, 0
         if sk is not None and sk.group is not None:
-            m.members = tuple(sk.group.socks)
-            m.n = len(m.members)
+            m.picks = tuple((member, self._listener_reason(member, exact, local, lport))
+                            for member in sk.group.socks)
+            m.n = len(m.picks)
             m.base = lk.flow_hash_base(self.seed, local, lport)
-            m.reasons = tuple(self._listener_reason(member, exact, local, lport) for member in m.members)
         elif sk is not None:
-            m.sock, m.reason = sk, self._listener_reason(sk, exact, local, lport)
+            m.found = (sk, self._listener_reason(sk, exact, local, lport))
         self._tcp_matches[(local, lport, ifname)] = m
         return m
 
