@@ -32,11 +32,12 @@ def results(k: Kernel) -> list[str]:
     return [o.result for o in k.outcomes]
 
 
-def seg(src, sport, dst, dport, flags="S", seq=1000, ack=0, proto=6, plen=0, ifname=None, ts=0.0):
+def seg(src, sport, dst, dport, flags="S", seq=1000, ack=0, proto=6, plen=0, ifname=None, ts=0.0, window=64240):
     p = Packet(ts=ts, ifname=ifname)
     p.src, p.dst = pack(src), pack(dst)
     p.family = 4 if len(p.dst) == 4 else 6
     p.proto, p.sport, p.dport, p.seq, p.ack, p.payload_len = proto, sport, dport, seq, ack, plen
+    p.window = window
     bits = {"F": 1, "S": 2, "R": 4, "P": 8, ".": 16}
     p.flags = sum(bits[c] for c in flags) if proto == 6 else 0
     return p
@@ -572,3 +573,48 @@ def test_old_by_half_the_sequence_space():
     k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=5001), 0.0)
     v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=(1001 - 2**31) % 2**32, ack=5001), 0.1)
     assert v.verdict == "drop" and "tcp_sequence" in v.reason
+
+
+def _open(k, ours=9000, theirs=1000):
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "S", seq=theirs), 0.0)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=ours, ack=theirs + 1), 0.0)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=theirs + 1, ack=ours + 1), 0.0)
+
+
+def test_a_zero_window_drops_what_lies_past_it():
+    # Kernel._beyond_zero_window (tcp_sequence, 6.17 on): once our latest segment offers a
+    # zero window, a segment whose data ends past rcv_wup, or that starts past it, is
+    # dropped whole; an ACK at the edge and a bare FIN are taken. The window update ends it.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    _open(k)
+    assert k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=100), 0.1).verdict == "deliver"
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1101, window=0), 0.2)
+    got = []
+    for fl, sq, n in (("P.", 1101, 1), ("P.", 1050, 100), (".", 1102, 0), (".", 1101, 0), ("FP.", 1101, 5),
+                      ("P.", 1001, 100)):
+        v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, fl, seq=sq, ack=9001, plen=n), 0.3)
+        got.append((v.verdict, v.state, "beyond the receive window" in v.reason))
+    assert got == [("drop", "ESTAB", True), ("drop", "ESTAB", True), ("drop", "ESTAB", True),
+                   ("deliver", "ESTAB", False), ("drop", "ESTAB", True),
+                   ("drop", "ESTAB", False)]          # (the last: old, a retransmission)
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F.", seq=1101, ack=9001), 0.4)
+    assert (v.verdict, v.state) == ("deliver", "CLOSE-WAIT"), v.reason
+    # A window update: data is taken again (here on a fresh connection).
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    _open(k)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1001, window=0), 0.1)
+    assert k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=1), 0.2).verdict == "drop"
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1001, window=300), 0.3)
+    assert k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=1), 0.4).verdict == "deliver"
+
+
+def test_a_segment_past_a_zero_window_does_not_acknowledge_our_fin():
+    # The drop comes before tcp_ack: FIN-WAIT-1 stays, though the segment acknowledges our
+    # FIN; a bare ACK of it then moves the state on.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    _open(k)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "F.", seq=9001, ack=1001, window=0), 0.1)
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9002, plen=10), 0.2)
+    assert (v.verdict, v.state) == ("drop", "FIN-WAIT-1"), v.reason
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=9002), 0.3)
+    assert (v.verdict, v.state) == ("deliver", "FIN-WAIT-2"), v.reason

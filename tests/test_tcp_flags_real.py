@@ -7,6 +7,7 @@
 - Segments to a TIME-WAIT socket (tcp_timewait_state_process: a bare ACK in window is
   not answered, one out of window is, a RST out of window is ignored).
 - Data without ACK on an open connection (tcp_rcv_established discards it).
+- Segments past a zero window the host offers (tcp_sequence drops them whole).
 
 demux must say ``reply: rst`` exactly where the kernel sent one, and drop or deliver as
 it did. The probes leave a fresh namespace with scapy, tcpdump records the host's side,
@@ -15,6 +16,7 @@ and the capture is replayed.
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -498,3 +500,108 @@ def test_segments_after_the_peers_fin(lab, tmp_path):
     assert got == [("deliver", "ESTAB", None), ("deliver", "ESTAB", None), ("deliver", "CLOSE-WAIT", None),
                    ("drop", "CLOSE-WAIT", None), ("drop", "CLOSE-WAIT", None), ("deliver", "CLOSE", None),
                    ("reject", None, "rst")], [recs[i].v.reason for i in at]
+
+
+ZERO_WINDOW_PEER = """from scapy.all import Ether, IP, TCP, Raw, srp1, sendp, AsyncSniffer
+import time
+e = Ether(src='{pmac}', dst='{hmac}')/IP(src='{peer}', dst='{host}')
+seen = []
+sn = AsyncSniffer(iface='vfl-p', filter='tcp and src host {host}', store=False, prn=seen.append)
+sn.start()
+time.sleep(0.5)
+sa = srp1(e/TCP(sport=36000, dport=80, flags='S', seq=1000, options=[('MSS', 1460)]), iface='vfl-p',
+          timeout=5, verbose=0)
+ack = sa[TCP].seq + 1
+
+def seg(fl, seq, data=b''):
+    pkt = e/TCP(sport=36000, dport=80, flags=fl, seq=seq, ack=ack, window=65535)
+    sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+    time.sleep(0.3)
+
+def wait(test):
+    start, end = len(seen), time.time() + 10
+    while time.time() < end:
+        hit = [pk for pk in seen[start:] if test(pk[TCP])]
+        if hit:
+            return hit[-1][TCP]
+        time.sleep(0.05)
+    raise SystemExit('the host did not answer as expected')
+
+seg('A', 1001)
+seq = 1001
+while seen[-1][TCP].window:          # fill the window the host offers, to the last byte
+    n = min(1000, seen[-1][TCP].window)
+    seg('PA', seq, b'd' * n)
+    seq += n
+edge = seen[-1][TCP].ack
+seg('PA', edge, b'Z')                # data at the edge of a zero window
+seg('A', edge)                       # an ACK at the edge
+seg('A', edge + 5)                   # an ACK past it
+seg('PA', edge - 100, b'd' * 100 + b'Z')      # data overlapping the edge
+fin = wait(lambda t: t.flags & 0x01)          # the application's shutdown(SHUT_WR)
+ack = fin.seq + 1
+seg('PA', edge, b'X')                # past the edge, acknowledging the host's FIN
+time.sleep(1.5)                      # the FIN is retransmitted if that ACK was ignored
+seg('A', edge)                       # a bare ACK of the FIN
+wait(lambda t: t.window > 0)         # the application reads: the window opens
+seg('PA', edge, b'after')
+seg('FA', edge + 5)
+time.sleep(0.5)
+sn.stop()
+"""
+
+
+def test_zero_window(lab, tmp_path):
+    # Kernel._beyond_zero_window. The application leaves what it received unread until the
+    # host offers a zero window; then tcp_sequence (6.17 on) drops a segment whose data
+    # ends past the window's edge, or that starts past it, whole: the ACK it carries is
+    # not processed (the host's FIN, which the dropped segment acknowledges, is sent
+    # again), and the application never reads its bytes. An ACK at the edge is taken; the
+    # window update ends it. The application reads what the kernel kept.
+    h, p, procs = lab
+    pcap = tmp_path / "zw.pcap"
+    server = LISTENER.replace("s.listen(16)", "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)\n"
+                                              "s.listen(16)").replace("time.sleep(60)", """c, _ = s.accept()
+time.sleep(4.5)
+c.shutdown(socket.SHUT_WR)
+time.sleep(3)
+got = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    got += b
+print("GOT", len(got), got.count(b"d"), got[-8:], flush=True)
+time.sleep(60)""")
+    dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
+    srv = procs[-2]
+    hmac, pmac = _peer_off_the_air(h, p)
+    _send(p, ZERO_WINDOW_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST))
+    said = _wait_line(srv, "GOT", time.monotonic() + 10)
+    _stop(dump, 0.3)
+    frames, pkts = _read(pcap)
+    # What the application read: the window's fill and "after"; no byte of a dropped segment.
+    n_read, n_d = int(said.split()[1]), int(said.split()[2])
+    assert b"after" in said and n_read == n_d + 5, said
+    fins = [i for i, pk in enumerate(pkts) if pk.sport == 80 and pk.flags & 0x01]
+    x = next(i for i, pk in enumerate(pkts) if pk.sport == 36000 and pk.data.endswith(b"X"))
+    bare = next(i for i, pk in enumerate(pkts) if i > x and pk.sport == 36000 and not pk.payload_len)
+    assert any(x < i < bare for i in fins), "the host did not send its FIN again: the dropped segment's ACK counted"
+    assert not any(i > bare for i in fins), "the bare ACK did not acknowledge the FIN"
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    edge_at = next(i for i, pk in enumerate(pkts) if pk.sport == 80 and pk.window == 0 and i > 2)
+    ins = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and i > edge_at]
+    got = [(pkts[i].payload_len, recs[i].v.verdict, recs[i].v.state) for i in ins]
+    assert got == [(1, "drop", "ESTAB"), (0, "deliver", "ESTAB"), (0, "drop", "ESTAB"), (101, "drop", "ESTAB"),
+                   (1, "drop", "FIN-WAIT-1"), (0, "deliver", "FIN-WAIT-2"), (5, "deliver", "FIN-WAIT-2"),
+                   (0, "deliver", "TIME-WAIT")], [recs[i].v.reason for i in ins]
+    fill = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and pk.payload_len and i < edge_at]
+    assert n_d == sum(pkts[i].payload_len for i in fill)
+    assert all((recs[i].v.verdict, recs[i].v.state) == ("deliver", "ESTAB") for i in fill)
+    # The batch engine (its flow cache must leave the zero window's segments to the kernel).
+    from demux.batch import reference_jsonl, replay_batch
+    ref, out = io.BytesIO(), io.BytesIO()
+    reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)
+    replay_batch(str(pcap), scen.loads(SCENARIO), 0, 1, out)
+    assert out.getvalue() == ref.getvalue()

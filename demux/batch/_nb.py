@@ -28,8 +28,8 @@ from demux.kernel.table import KEEPS_ISN, KEEPS_RCV, KEEPS_WUP
 N, TS, OFF, CAP, ORIG, IFID, LT = 0, 1, 2, 3, 4, 5, 6
 KIND, FAM, PROTO, SA_HI, SA_LO, DA_HI, DA_LO, SPORT, DPORT = 7, 8, 9, 10, 11, 12, 13, 14, 15
 FLAGS, SEQ, ACK, TSVAL, PLEN, BCAST = 16, 17, 18, 19, 20, 21
-VID, FLOW, DIR = 22, 23, 24
-NCOL = 25
+VID, FLOW, DIR, WIN = 22, 23, 24, 25
+NCOL = 26
 SLOW, FAST = 0, 1
 
 # -- per-flow state (rows of fst[FCAP, NFS]) ------------------------------------------
@@ -322,6 +322,7 @@ def parse(buf, C, k):
             C[i, SEQ] = _u32be(buf, l4 + 4)
             C[i, ACK] = _u32be(buf, l4 + 8)
             C[i, TSVAL] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
+            C[i, WIN] = _u16be(buf, l4 + 14)
             C[i, PLEN] = seg - hl
         elif proto == 17:
             if have < 8:
@@ -333,6 +334,7 @@ def parse(buf, C, k):
             C[i, SEQ] = 0
             C[i, ACK] = 0
             C[i, TSVAL] = -1
+            C[i, WIN] = -1
             C[i, PLEN] = ulen - 8
         else:
             continue
@@ -427,6 +429,8 @@ def run(C, fst, vc, sc, start, k):
             # Not a segment the cached verdict is for, or past the entry's timer.
             if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
                 return i
+            if fst[s, F_SHADOW + b] & KEEPS_WUP and C[i, WIN] == 0:
+                return i          # a zero window offered (Kernel._sent): the connection is not steady
             ob = F_DSTRIDE * (1 - d)
             if fst[s, F_SHADOW + ob] & KEEPS_WUP and fst[s, F_WUP + ob] >= 0:
                 # Old by what the receiver's latest segment acknowledged (Kernel._old).

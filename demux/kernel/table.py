@@ -105,7 +105,7 @@ class Conn:
 
     __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
                  "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued", "snd_isn",
-                 "rcv_wup")
+                 "rcv_wup", "rcv_zero")
 
     def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
         self.key = key
@@ -125,6 +125,7 @@ class Conn:
         self.queued = False           # waiting in the listener's accept queue
         self.snd_isn = None           # our initial sequence number, once our SYN or SYN-ACK is seen
         self.rcv_wup = None           # rcv_nxt as our latest segment acknowledged it, once known
+        self.rcv_zero = False         # our latest segment advertised a zero window
 
     def describe(self) -> str:
         if self.desc is None:
@@ -211,9 +212,31 @@ def _old_kind(wup: int | None, end: int, data) -> int:
 
 def _sent(c: "Conn", p) -> None:
     """A segment our synchronized connection ``c`` sent: ``tcp_select_window`` sets
-    ``rcv_wup`` to ``rcv_nxt``, which the segment acknowledges (not a RST: it closes)."""
+    ``rcv_wup`` to ``rcv_nxt``, which the segment acknowledges, and ``rcv_wnd`` to the
+    window it offers (not a RST: it closes). Only a zero window is kept: the offered
+    window is a multiple of the scale, so a field of 0 is a window of 0 bytes whatever
+    the scale, while other fields need the scale from the handshake."""
     if p.flags & ACK and not p.flags & RST:
         c.rcv_wup = p.ack
+        c.rcv_zero = p.window == 0
+
+
+def _beyond_zero_window(c: "Conn", p) -> str | None:
+    """Why a segment is dropped whole while ``c`` offers a zero window, else None.
+    ``tcp_sequence`` (6.17 on): the right edge is ``rcv_wup`` (nothing was taken since
+    the window closed, so it is ``rcv_nxt``); a segment starting past it is out of the
+    window, and one whose data ends past it is too while the receive queue holds data,
+    which it does: the unread data is why the window is zero. A FIN may lie past the
+    edge (a bare FIN is taken); its ACK is not processed either way (the drop comes
+    before ``tcp_ack``)."""
+    wup = c.rcv_wup
+    end = (p.seq + p.payload_len) & 0xFFFFFFFF
+    if not (_seq_after(p.seq, wup) or _seq_after(end, wup)):
+        return None
+    return (f"beyond the receive window: {c.describe()[4:]} offered a zero window at {wup} (its application "
+            f"has not read what it has) and the segment {'starts' if _seq_after(p.seq, wup) else 'ends'} past "
+            "it: answered with a duplicate ACK and discarded, its ACK not processed (tcp_validate_incoming: "
+            "tcp_sequence)")
 
 
 def _ack_covers(ack: int, fin_out: int) -> bool:
@@ -817,16 +840,17 @@ class Kernel:
         tests/test_batch.py holds the cache to them packet for packet):
 
         - a plain segment (no SYN, FIN, RST; with ACK when it comes in) on ESTAB or
-          CLOSE-WAIT with no FIN of ours outstanding: ``_tcp_in``/``_tcp_out``'s
-          straight path;
+          CLOSE-WAIT with no FIN of ours outstanding and an open window (one going out
+          that offers a zero window is not steady: the cache must see its window field):
+          ``_tcp_in``/``_tcp_out``'s straight path;
         - a request socket (SYN-RECV): a retransmitted SYN in is answered again
           (``_conn_in``), and a SYN-ACK out is its answer (``_conn_out``);
         - TIME-WAIT: a plain segment out is the TIME-WAIT socket's (one in restarts the
           timer, ``tcp_timewait_state_process``)."""
         st = c.state
         if st in _QUIET:
-            if c.expire or c.fin_out is not None:
-                return None
+            if c.expire or c.fin_out is not None or c.rcv_zero:
+                return None               # (a zero window: _beyond_zero_window; the update out ends it)
             if direction == "in":
                 if st == ts.CLOSE_WAIT:
                     return None           # (data after the peer's FIN is discarded: _conn_in)
@@ -872,7 +896,7 @@ class Kernel:
         flags = p.flags
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
-                and c.state == ts.ESTAB and steps is None
+                and c.state == ts.ESTAB and steps is None and not c.rcv_zero
                 and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len)):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there,
@@ -1163,6 +1187,10 @@ class Kernel:
                 if old[1]:
                     return Verdict("drop", old[0], c.proc, c.fd, c.describe(), c.state)
                 flags &= ~FIN             # an old FIN: only the ACK counts
+            elif c.rcv_zero:
+                why = _beyond_zero_window(c, p)
+                if why is not None:
+                    return Verdict("drop", why, c.proc, c.fd, c.describe(), c.state)
         else:
             old = None
         # Data from rcv_nxt on once the peer's FIN is in: only its ACK counts (below).
