@@ -2,7 +2,8 @@
 
 ``make(path, packets, seed)`` writes a classic pcap (Ethernet, microseconds) of
 ``packets`` packets and returns the scenario TOML that goes with it (``SCENARIO``). The
-host 10.0.0.1 / fd00::1 runs nginx on :80 (IPv4), four SO_REUSEPORT workers on :443,
+host 10.0.0.1 / fd00::1 runs nginx on :80 (IPv4), four SO_REUSEPORT workers on :443 (a
+group on 0.0.0.0 and one on [::], v6only, as nginx's ``listen ... reuseport`` makes),
 sshd on [::]:22 (dual-stack), a resolver on udp :53, and makes outbound HTTPS
 connections itself. The traffic, flow by flow:
 
@@ -44,22 +45,26 @@ sockets = [ { proto = "tcp", bind = "0.0.0.0:80", listen = true } ]
 [[process]]
 name = "worker-1"
 pid = 1301
-sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true } ]
+sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true },
+            { proto = "tcp", bind = "[::]:443", listen = true, reuseport = true, v6only = true } ]
 
 [[process]]
 name = "worker-2"
 pid = 1302
-sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true } ]
+sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true },
+            { proto = "tcp", bind = "[::]:443", listen = true, reuseport = true, v6only = true } ]
 
 [[process]]
 name = "worker-3"
 pid = 1303
-sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true } ]
+sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true },
+            { proto = "tcp", bind = "[::]:443", listen = true, reuseport = true, v6only = true } ]
 
 [[process]]
 name = "worker-4"
 pid = 1304
-sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true } ]
+sockets = [ { proto = "tcp", bind = "0.0.0.0:443", listen = true, reuseport = true },
+            { proto = "tcp", bind = "[::]:443", listen = true, reuseport = true, v6only = true } ]
 
 [[process]]
 name = "sshd"
