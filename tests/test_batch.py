@@ -452,6 +452,12 @@ def test_generated_handshakes(tmp_path):
                          (fi, True, 0x10, 0, 5, 0.001, -1), (fi, True, 0x10, 0, 5, 0.001, 5),
                          (fi, True, 0x18, 1, 5, 0.001, -5), (fi, False, 0x10, 0, 5, 0.001, 0, -1, 512),
                          (fi, True, 0x18, 1, 5, 0.001, -1)]
+            if rnd % 4 == 2:
+                # Their data, a copy of it before our ACK (rcv_nxt exact: dropped), then a
+                # hole and the data filling it (both taken), then an ACK back in line.
+                pkts += [(fi, True, 0x18, 100, 5, 0.001, 0), (fi, True, 0x18, 100, 5, 0.001, -100),
+                         (fi, True, 0x18, 100, 5, 0.001, 50), (fi, True, 0x18, 50, 5, 0.001, -150),
+                         (fi, True, 0x10, 0, 5, 0.001, 100)]
             close = [(fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0),
                      (fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0)]
             if rnd % 3 == 1:
@@ -475,7 +481,8 @@ def test_generated_handshakes(tmp_path):
     ref = io.BytesIO()
     reference_jsonl(path, scen.loads(SCENARIO), 0, ref)
     assert ref.getvalue().count(b"is not ISN+1") == 3 * 7 and ref.getvalue().count(b"RST to a segment") == 3 * 7
-    assert ref.getvalue().count(b"acknowledged again and discarded") == 3 * 8
+    assert ref.getvalue().count(b"acknowledged already for") == 3 * 8
     assert ref.getvalue().count(b"old segment (ends at") == 3 * 8
     assert ref.getvalue().count(b"beyond the receive window") == 3 * 8 * 3
+    assert ref.getvalue().count(b"received already") == 3 * 7
     _same(path, scen.loads(SCENARIO), 2, chunk=7)

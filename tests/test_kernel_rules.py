@@ -534,12 +534,14 @@ def test_old_segments_by_what_we_acknowledged():
     k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=9000, ack=1001), 0.0)
     k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=9001), 0.0)
     k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=10), 0.1)
-    # Not acknowledged yet: a copy may still be new to us (we cannot tell): taken.
-    assert k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=10), 0.2).verdict == "deliver"
+    # Not acknowledged yet, but everything so far came in order (rcv_nxt is exact): a copy
+    # is a retransmission (tcp_data_queue: OLD_DATA).
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=1001, ack=9001, plen=10), 0.2)
+    assert (v.verdict, v.state) == ("drop", "ESTAB") and "received already" in v.reason, v.reason
     k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1011), 0.3)
     got = [k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, fl, seq=sq, ack=9001, plen=n), 0.4).verdict
            for fl, sq, n in (("P.", 1001, 10), (".", 1010, 0), (".", 1010, 1), (".", 1011, 0), ("P.", 1005, 10),
-                             ("F.", 1011, 0))]
+                             ("F.", 1015, 0))]
     # a retransmission, a keep-alive, a 1-byte keep-alive: dropped; an ACK in line, data
     # past rcv_wup and a FIN: taken.
     assert got == ["drop", "drop", "drop", "deliver", "deliver", "deliver"]
@@ -618,3 +620,21 @@ def test_a_segment_past_a_zero_window_does_not_acknowledge_our_fin():
     assert (v.verdict, v.state) == ("drop", "FIN-WAIT-1"), v.reason
     v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=9002), 0.3)
     assert (v.verdict, v.state) == ("deliver", "FIN-WAIT-2"), v.reason
+
+
+def test_after_a_hole_a_copy_may_fill_it():
+    # Holes are not tracked: once a segment starts past rcv_nxt, rcv_nxt is the furthest end
+    # seen and data past rcv_wup is taken (it may fill the hole); before, a copy of what
+    # arrived in order is dropped even while our ACK of it is delayed.
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    _open(k)
+    data = lambda sq, n: k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=sq, ack=9001, plen=n), 0.1)
+    assert data(1001, 100).verdict == "deliver"
+    assert data(1001, 100).verdict == "drop"             # a copy, in order so far
+    assert data(1051, 100).verdict == "deliver"          # overlaps, brings 50 new bytes
+    assert data(1151, 0).verdict == "deliver"            # an ACK
+    assert data(1301, 100).verdict == "deliver"          # a hole: 1151-1301
+    assert data(1151, 150).verdict == "deliver"          # fills it
+    assert data(1151, 150).verdict == "deliver"          # (a copy now: not told apart)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1401), 0.2)
+    assert data(1301, 100).verdict == "drop"             # acknowledged: old by rcv_wup

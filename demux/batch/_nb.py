@@ -438,10 +438,17 @@ def run(C, fst, vc, sc, start, k):
                 if (left != 0 and left <= 0x80000000) or (left == 0 and C[i, PLEN] > 0):
                     return i
             keeps = fst[s, F_SHADOW + b]
+            r = fst[s, F_RCV + b]
+            if keeps & KEEPS_RCV and C[i, PLEN] > 0 and r != 0:
+                # Data that is a copy (it ends at or before rcv_nxt) or leaves a hole (it
+                # starts past it): the kernel tells them apart (Kernel._old, rcv_exact).
+                de = (C[i, SEQ] + C[i, PLEN] - r) & 0xFFFFFFFF
+                ds = (C[i, SEQ] - r) & 0xFFFFFFFF
+                if de == 0 or de >= 0x80000000 or (ds != 0 and ds < 0x80000000):
+                    return i
             if keeps & KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
                 end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
-                r = fst[s, F_RCV + b]
                 diff = (end - r) & 0xFFFFFFFF
                 if r == 0 or (diff != 0 and diff < 0x80000000):
                     fst[s, F_RCV + b] = end

@@ -105,7 +105,7 @@ class Conn:
 
     __slots__ = ("key", "family", "state", "listener", "sock", "proc", "fd", "fin_out",
                  "expire", "rcv_nxt", "rcv_start", "tsval", "reason", "desc", "queued", "snd_isn",
-                 "rcv_wup", "rcv_zero")
+                 "rcv_wup", "rcv_zero", "rcv_exact")
 
     def __init__(self, key, family, state, proc, fd, reason, listener=None, sock=None):
         self.key = key
@@ -126,6 +126,7 @@ class Conn:
         self.snd_isn = None           # our initial sequence number, once our SYN or SYN-ACK is seen
         self.rcv_wup = None           # rcv_nxt as our latest segment acknowledged it, once known
         self.rcv_zero = False         # our latest segment advertised a zero window
+        self.rcv_exact = False        # rcv_nxt is the kernel's: the start was seen, no hole since
 
     def describe(self) -> str:
         if self.desc is None:
@@ -185,29 +186,41 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
     arrived. ``tcp_sequence`` drops a segment that ends before it whole, with a duplicate
     ACK (TCP_OLD_SEQUENCE: keep-alive probes, old duplicates). One whose data or FIN ends
     at it is a retransmission: its ACK still counts (``tcp_ack``, the state's own steps),
-    and ``tcp_data_queue`` drops the data, acknowledging it again (TCP_OLD_DATA). Data
-    past it may still fill a hole, or be new while our ACK is delayed: taken (holes are
-    not tracked, so ``rcv_nxt`` cannot stand in for it)."""
-    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN)
+    and ``tcp_data_queue`` drops the data, acknowledging it again (TCP_OLD_DATA, with a
+    D-SACK). So is data or a FIN ending at or before ``rcv_nxt`` while that is exact
+    (``rcv_exact``: the connection's start was seen and nothing came out of order since):
+    a copy of what arrived while our ACK of it was delayed, e.g. a tail loss probe.
+    Once a hole was seen, ``rcv_nxt`` is the furthest end seen (holes are not tracked),
+    and data past ``rcv_wup`` may fill one: taken."""
+    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN, c.rcv_nxt if c.rcv_exact else None)
+    what = "data" if p.payload_len else "FIN"
     if kind == 1:
         return (f"old segment (ends at {end}, before {c.rcv_wup}, acknowledged already) for "
                 f"{c.describe()[4:]}: answered with a duplicate ACK and discarded (tcp_validate_incoming: "
                 "tcp_sequence)"), True
     if kind == 2:
-        return (f"{'data' if p.payload_len else 'FIN'} up to {end} acknowledged already for "
-                f"{c.describe()[4:]}: a retransmission; its ACK is taken, the "
-                f"{'data' if p.payload_len else 'FIN'} acknowledged again and discarded (tcp_data_queue)"), False
+        return (f"{what} up to {end} acknowledged already for {c.describe()[4:]}: a retransmission; its "
+                f"ACK is taken, the {what} acknowledged again and discarded (tcp_data_queue)"), False
+    if kind == 3:
+        return (f"{what} up to {end} received already (rcv_nxt {c.rcv_nxt}; our ACK of it had not gone out) "
+                f"for {c.describe()[4:]}: a retransmission; its ACK is taken, the {what} acknowledged "
+                "again and discarded (tcp_data_queue)"), False
     return None
 
 
-def _old_kind(wup: int | None, end: int, data) -> int:
+def _old_kind(wup: int | None, end: int, data, nxt: int | None = None) -> int:
     """``_old``'s test alone: 0 not old, 1 ends before ``wup``, 2 its data (``data``
-    true) ends at it."""
+    true) ends at it, 3 its data ends after it but not after ``nxt`` (an exact
+    ``rcv_nxt``, or None)."""
     if wup is None:
         return 0
     if _before(end, wup):
         return 1
-    return 2 if end == wup and data else 0
+    if not data:
+        return 0
+    if end == wup:
+        return 2
+    return 3 if nxt is not None and not _seq_after(end, nxt) else 0
 
 
 def _sent(c: "Conn", p) -> None:
@@ -897,12 +910,15 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state == ts.ESTAB and steps is None and not c.rcv_zero
-                and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len)):
+                and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len,
+                                  c.rcv_nxt if c.rcv_exact else None)):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there,
             # and CLOSE-WAIT's, which may bring data after the peer's FIN).
             end = (p.seq + p.payload_len) & 0xFFFFFFFF
             if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
+                if c.rcv_nxt and p.payload_len and _seq_after(p.seq, c.rcv_nxt):
+                    c.rcv_exact = False   # a hole: rcv_nxt is the furthest end from now on
                 c.rcv_nxt = end
             if p.tsval is not None:
                 c.tsval = p.tsval
@@ -981,6 +997,7 @@ class Kernel:
             c.expire = now + ts.SYN_RECV_SECONDS
             c.rcv_start = (p.seq + 1) & 0xFFFFFFFF
             c.rcv_nxt = (c.rcv_start + p.payload_len) & 0xFFFFFFFF
+            c.rcv_exact = True
             c.tsval = p.tsval
             self.est[key] = c
             self._arm(c)
@@ -1230,7 +1247,10 @@ class Kernel:
         new = ts.next_state(c.state, "in", ev)
         if c.state == ts.SYN_SENT and new != ts.SYN_SENT and flags & SYN:
             c.rcv_wup = end           # tcp_rcv_synsent_state_process: rcv_nxt = rcv_wup = SEQ+1
+            c.rcv_nxt, c.rcv_exact = end, True
         if (c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt)) and not after_fin:
+            if c.rcv_nxt and _seq_after(p.seq, c.rcv_nxt) and (p.payload_len or flags & FIN):
+                c.rcv_exact = False       # a hole: rcv_nxt is the furthest end from now on
             c.rcv_nxt = end
         if p.tsval is not None:
             c.tsval = p.tsval
@@ -1311,6 +1331,7 @@ class Kernel:
                 c = Conn(key, p.family, ts.SYN_RECV, l.proc, l.fd, reason, listener=l)
                 c.expire = now + ts.SYN_RECV_SECONDS
                 c.rcv_nxt = c.rcv_start = p.ack
+                c.rcv_exact = True
                 c.snd_isn = p.seq
                 self.est[key] = c
                 self._arm(c)
