@@ -107,6 +107,9 @@ def open_socket(spec: dict) -> socket.socket:
         sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if spec.get("reuseport"):
         sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if spec.get("rcvbuf"):
+        # Before listen(): accepted sockets inherit it (the kernel doubles the value).
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, spec["rcvbuf"])
     if fam == socket.AF_INET6:
         sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if spec.get("v6only") else 0)
     if not tcp:
@@ -135,6 +138,8 @@ def describe(sk: socket.socket, spec: dict) -> dict:
     if spec.get("connect"):
         d["connect"] = spec["connect"]
         d["remote"] = ep(sk.getpeername())
+    if spec.get("rcvbuf"):
+        d["rcvbuf"] = sk.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if spec["proto"] == "tcp" and not spec.get("connect"):
         d["listen"] = True
         d["backlog"] = spec.get("backlog", 128)
@@ -200,6 +205,30 @@ def serve_tcp_echo(sk: socket.socket, log: Log, name: str) -> None:
         log(event="accept", proto="tcp", client=ep(peer), local=ep(conn.getsockname()),
             process=name, pid=os.getpid(), fd=sk.fileno(), accepted_fd=conn.fileno())
         threading.Thread(target=talk, args=(conn,), daemon=True).start()
+
+
+def serve_tcp_slow(sk: socket.socket, spec: dict, log: Log, name: str) -> None:
+    """A slow consumer: leaves what arrives unread for ``pause`` seconds (the receive
+    window closes), then reads it in ``bite``-byte reads ``bite_pause`` seconds apart, and
+    logs how many bytes it read."""
+    def drain(conn: socket.socket, peer) -> None:
+        total = 0
+        with conn:
+            conn.settimeout(10)
+            time.sleep(spec.get("pause", 1.0))
+            try:
+                while data := conn.recv(spec.get("bite", 2048)):
+                    total += len(data)
+                    time.sleep(spec.get("bite_pause", 0.02))
+            except OSError:
+                pass
+        log(event="read", proto="tcp", client=ep(peer), bytes=total, pid=os.getpid())
+
+    while True:
+        conn, peer = sk.accept()
+        log(event="accept", proto="tcp", client=ep(peer), local=ep(conn.getsockname()),
+            process=name, pid=os.getpid(), fd=sk.fileno(), accepted_fd=conn.fileno())
+        threading.Thread(target=drain, args=(conn, peer), daemon=True).start()
 
 
 def serve_http(sk: socket.socket, spec: dict, log: Log, name: str) -> None:
@@ -269,6 +298,8 @@ def role_server(cfg: dict) -> None:
             target, args = serve_udp, (sk, spec, log, name)
         elif mode in ("http", "http10"):
             target, args = serve_http, (sk, spec, log, name)
+        elif mode == "slowread":
+            target, args = serve_tcp_slow, (sk, spec, log, name)
         else:
             target, args = serve_tcp_echo, (sk, log, name)
         threading.Thread(target=target, args=args, daemon=True).start()
@@ -1113,6 +1144,34 @@ def cap_mixed(lab: Lab, outdir: Path) -> None:
            counters_before=before, extra=extra)
 
 
+def cap_slow_reader(lab: Lab, outdir: Path) -> None:
+    cap = Capture(lab, outdir / "slow-reader.pcap")
+    before = proc_counters(lab.srv)
+    # SO_RCVBUF 4096 (8192 in the kernel): the window is a few KB, so it closes quickly.
+    srv = lab.server("slowread", [{"proto": "tcp", "bind": "0.0.0.0:8090", "rcvbuf": 4096,
+                                   "mode": "slowread", "pause": 1.0, "bite": 2048, "bite_pause": 0.02}])
+    sizes = (30000, 12000)
+    lab.client("bulk", [{"op": "tcp", "dst": f"{SRV4}:8090", "send": "z" * n, "read": False,
+                         "timeout": 10.0} for n in sizes], timeout=30)
+    wait_for(lambda: sum(1 for r in lab.logs() if r["event"] == "read") == len(sizes), 20,
+             "the slow reader to read everything")
+
+    def reads(_facts):
+        return {"read": [{"client": r["client"], "bytes": r["bytes"]}
+                         for r in sorted(lab.logs(), key=lambda r: r["ts"]) if r["event"] == "read"],
+                "sent": list(sizes)}
+    finish("slow-reader", outdir, lab, cap,
+           "a slow consumer: a client sends 30,000 and 12,000 bytes to a server that reads "
+           "nothing for 1 s, then 2 KB every 20 ms, with SO_RCVBUF 4096",
+           [srv], notes=["The server's window closes (it ACKs with win 0) and opens again many "
+                         "times; the Linux sender waits, probing the zero window with a segment "
+                         "one byte behind (seq = snd_una - 1, no data), which the server "
+                         "answers with a duplicate ACK and discards (an old segment).",
+                         "read[] is what the application read from each connection: every byte "
+                         "the client sent."],
+           counters_before=before, extra=reads)
+
+
 CAPTURES = {
     "http4": lambda lab, out: cap_http(lab, out, v6=False),
     "http6": lambda lab, out: cap_http(lab, out, v6=True),
@@ -1122,6 +1181,7 @@ CAPTURES = {
     "any-sll": lambda lab, out: cap_any(lab, out, "any-sll", "LINUX_SLL"),
     "any-sll2": lambda lab, out: cap_any(lab, out, "any-sll2", "LINUX_SLL2"),
     "mixed-pcapng": cap_mixed,
+    "slow-reader": cap_slow_reader,
 }
 
 

@@ -179,3 +179,54 @@ def test_device_bound_listener_gets_traffic_of_a_capture_without_interface_names
     eng = Engine(sc)
     with open_capture(os.path.join(PCAPS, "http4.pcap")) as reader:
         assert "reject" in {eng.feed(f).v.verdict for f in reader}
+
+
+def _le(a: int, b: int) -> bool:
+    """a at or before b in sequence space."""
+    return (b - a) & 0xFFFFFFFF < 1 << 31
+
+
+def test_slow_reader_every_data_segment_as_the_kernel_took_it():
+    # pcaps/slow-reader: a server that reads slowly behind SO_RCVBUF 4096, so its window
+    # closes and opens again, and the sender's tail loss probes resend data the server had
+    # but had not acknowledged yet. The capture holds the kernel's answer to every data
+    # segment: a copy it discarded is D-SACKed in its next ACK on the flow (RFC 2883: a
+    # SACK block at or below the cumulative ACK); any other was taken, and the
+    # application read every byte (read[] in the kernel.json). demux must agree segment by
+    # segment (Kernel._old with rcv_exact; _sent and _beyond_zero_window for the windows).
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
+
+    sc, recs, kj = replay("slow-reader")
+    pkts = rdpcap(os.path.join(PCAPS, "slow-reader.pcap"))
+    assert len(pkts) == len(recs)
+    port = int(kj["flows"][0]["local"].rsplit(":", 1)[1])
+    tcp = [(i, p[TCP]) for i, p in enumerate(pkts) if TCP in p]
+    assert any(t.sport == port and t.window == 0 for _, t in tcp), "the window never closed"
+    # Each D-SACK names the copy: the latest data segment before that ACK within its block.
+    dsacked = set()
+    for j, (i, a) in enumerate(tcp):
+        blocks = [b for name, b in a.options if name == "SAck"] if a.sport == port else []
+        if blocks and _le(blocks[0][1], a.ack):
+            left, right = blocks[0]
+            dsacked.add(next(k for k, t in reversed(tcp[:j]) if t.sport == a.dport and len(t.payload)
+                             and _le(left, t.seq) and _le((t.seq + len(t.payload)) & 0xFFFFFFFF, right)))
+    taken = {}
+    for i, t in tcp:
+        if t.dport != port or not len(t.payload):
+            continue
+        want = "drop" if i in dsacked else "deliver"
+        assert recs[i].v.verdict == want, (i + 1, t.seq, len(t.payload), recs[i].v.reason)
+        if want == "deliver":
+            taken.setdefault(t.sport, []).append((t.seq, (t.seq + len(t.payload)) & 0xFFFFFFFF))
+    assert dsacked, "the capture holds no copy the kernel discarded"
+    # What the application read is the union of the data demux delivered, flow by flow.
+    read = {int(r["client"].rsplit(":", 1)[1]): r["bytes"] for r in kj["read"]}
+    for sport, spans in taken.items():
+        spans.sort()
+        covered, reach = 0, spans[0][0]
+        for a, b in spans:
+            if b > reach:
+                covered += b - max(a, reach)
+                reach = b
+        assert covered == read[sport], (sport, covered, read[sport])
