@@ -847,8 +847,9 @@ class Kernel:
         the handshake's last ACK must acknowledge); KEEPS_WUP, the acknowledgment number
         of the latest one is ``rcv_wup``; else KEEPS_NOTHING. A segment coming in whose
         other direction keeps ``rcv_wup`` is steady only if it is not old by it (``_old``:
-        it ends after it, or at it without data). None: any segment may change
-        something. The paths this summarises, which use ``steady_verdict`` (the
+        it ends after it, or at it without data); with KEEPS_RCV, one with data only if it
+        ends past ``rcv_nxt`` and does not start past it (a copy, or a hole, which ends
+        ``rcv_exact``, goes to ``_old``). None: any segment may change something. The paths this summarises, which use ``steady_verdict`` (the
         straight paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
 
