@@ -638,3 +638,26 @@ def test_after_a_hole_a_copy_may_fill_it():
     assert data(1151, 150).verdict == "deliver"          # (a copy now: not told apart)
     k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1401), 0.2)
     assert data(1301, 100).verdict == "drop"             # acknowledged: old by rcv_wup
+
+
+def test_a_zero_window_keeps_a_rst_with_data_out_and_moves_past_a_taken_fin():
+    # A RST at the edge carrying data ends past it: tcp_sequence fails and tcp_reset_check
+    # does not hold, so nothing is reset. A bare FIN at the edge is taken; the edge is then
+    # the FIN + 1, so the peer's next ACK is processed even before ours of the FIN goes out
+    # (both measured on 6.18).
+    k = kernel('{proto="tcp", bind="0.0.0.0:80", listen=true}')
+    _open(k)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "P.", seq=9001, ack=1001, plen=10, window=0), 0.1)
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "R.", seq=1001, ack=9001, plen=7), 0.2)
+    assert (v.verdict, v.state) == ("drop", "ESTAB") and "beyond the receive window" in v.reason, v.reason
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F", seq=1001, ack=9001), 0.3)
+    assert (v.verdict, v.state) == ("drop", "ESTAB")        # (without ACK: discarded)
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "F.", seq=1001, ack=9001), 0.3)
+    assert (v.verdict, v.state) == ("deliver", "CLOSE-WAIT"), v.reason
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1002, ack=9011), 0.31)
+    assert (v.verdict, v.state) == ("deliver", "CLOSE-WAIT"), v.reason
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1003, ack=9011), 0.32)
+    assert (v.verdict, v.state) == ("drop", "CLOSE-WAIT") and "beyond the receive window" in v.reason
+    # A bare RST at the edge resets, zero window or not.
+    v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "R", seq=1002), 0.4)
+    assert (v.verdict, v.state) == ("deliver", "CLOSE"), v.reason

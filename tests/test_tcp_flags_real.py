@@ -538,6 +538,7 @@ seg('PA', edge, b'Z')                # data at the edge of a zero window
 seg('A', edge)                       # an ACK at the edge
 seg('A', edge + 5)                   # an ACK past it
 seg('PA', edge - 100, b'd' * 100 + b'Z')      # data overlapping the edge
+seg('RA', edge, b'RSTDATA')          # a RST with data at the edge: past it
 fin = wait(lambda t: t.flags & 0x01)          # the application's shutdown(SHUT_WR)
 ack = fin.seq + 1
 seg('PA', edge, b'X')                # past the edge, acknowledging the host's FIN
@@ -594,12 +595,94 @@ time.sleep(60)""")
     ins = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and i > edge_at]
     got = [(pkts[i].payload_len, recs[i].v.verdict, recs[i].v.state) for i in ins]
     assert got == [(1, "drop", "ESTAB"), (0, "deliver", "ESTAB"), (0, "drop", "ESTAB"), (101, "drop", "ESTAB"),
-                   (1, "drop", "FIN-WAIT-1"), (0, "deliver", "FIN-WAIT-2"), (5, "deliver", "FIN-WAIT-2"),
+                   (7, "drop", "ESTAB"), (1, "drop", "FIN-WAIT-1"), (0, "deliver", "FIN-WAIT-2"), (5, "deliver", "FIN-WAIT-2"),
                    (0, "deliver", "TIME-WAIT")], [recs[i].v.reason for i in ins]
     fill = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and pk.payload_len and i < edge_at]
     assert n_d == sum(pkts[i].payload_len for i in fill)
     assert all((recs[i].v.verdict, recs[i].v.state) == ("deliver", "ESTAB") for i in fill)
     # The batch engine (its flow cache must leave the zero window's segments to the kernel).
+    from demux.batch import reference_jsonl, replay_batch
+    ref, out = io.BytesIO(), io.BytesIO()
+    reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)
+    replay_batch(str(pcap), scen.loads(SCENARIO), 0, 1, out)
+    assert out.getvalue() == ref.getvalue()
+
+
+ZERO_WINDOW_EDGE_PEER = """from scapy.all import Ether, IP, TCP, Raw, srp1, sendp, AsyncSniffer
+import time
+e = Ether(src='{pmac}', dst='{hmac}')/IP(src='{peer}', dst='{host}')
+seen = []
+sn = AsyncSniffer(iface='vfl-p', filter='tcp and src host {host}', store=False, prn=seen.append)
+sn.start()
+time.sleep(0.5)
+
+def last(sport):
+    return [pk for pk in seen if pk[TCP].dport == sport][-1][TCP]
+
+for sport in (36001, 36002):
+    sa = srp1(e/TCP(sport=sport, dport=80, flags='S', seq=1000, options=[('MSS', 1460)]), iface='vfl-p',
+              timeout=5, verbose=0)
+    ack = sa[TCP].seq + 1
+
+    def seg(fl, seq, data=b'', a=None, gap=0.3):
+        pkt = e/TCP(sport=sport, dport=80, flags=fl, seq=seq, ack=ack if a is None else a, window=65535)
+        sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+        time.sleep(gap)
+    seg('A', 1001)
+    seq = 1001
+    while last(sport).window:
+        n = min(1000, last(sport).window)
+        seg('PA', seq, b'd' * n)
+        seq += n
+    edge = last(sport).ack
+    if sport == 36001:
+        seg('RA', edge, b'RSTDATA', gap=0.7)      # a RST with data at the edge
+        seg('A', edge + 5, gap=0.7)               # past the edge: a duplicate ACK if it lives
+    else:
+        end = time.time() + 10                    # the host sends 10 bytes, window still 0
+        while time.time() < end and not [pk for pk in seen if pk[TCP].dport == sport and len(pk[TCP].payload)]:
+            time.sleep(0.05)
+        h = [pk for pk in seen if pk[TCP].dport == sport and len(pk[TCP].payload)][0][TCP]
+        time.sleep(0.6)
+        seg('FA', edge, a=h.seq, gap=0.0)         # a bare FIN at the edge
+        seg('A', edge + 1, a=h.seq + 10, gap=1.5)  # at once: past rcv_wup, acknowledging the 10 bytes
+time.sleep(0.5)
+sn.stop()
+"""
+
+
+def test_zero_window_edge(lab, tmp_path):
+    # Kernel._beyond_zero_window's edge, two cases measured on 6.18. A RST at the edge
+    # carrying data ends past it: discarded, the connection lives (the host answers the
+    # next probe with a duplicate ACK, not a RST). A bare FIN at the edge is taken and the
+    # edge moves past it: the peer's next segment, sent before the host's ACK of the FIN
+    # went out, is processed (the host never sends its 10 bytes again: acknowledged).
+    h, p, procs = lab
+    pcap = tmp_path / "zwe.pcap"
+    server = LISTENER.replace("s.listen(16)", "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)\n"
+                                              "s.listen(16)").replace("time.sleep(60)", """c1, _ = s.accept()
+c2, _ = s.accept()
+time.sleep(2.5)
+c2.send(b"h" * 10)
+time.sleep(60)""")
+    dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
+    hmac, pmac = _peer_off_the_air(h, p)
+    _send(p, ZERO_WINDOW_EDGE_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST))
+    _stop(dump, 0.3)
+    frames, pkts = _read(pcap)
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    rst = next(i for i, pk in enumerate(pkts) if pk.sport == 36001 and pk.flags & 0x04)
+    probe = next(i for i, pk in enumerate(pkts) if i > rst and pk.sport == 36001)
+    answers = [pk.flags & 0x17 for pk in pkts[rst + 1:] if pk.dport == 36001]
+    assert answers and not any(f & 0x04 for f in answers), "the RST reset the host's socket"
+    fin = next(i for i, pk in enumerate(pkts) if pk.sport == 36002 and pk.flags & 0x01)
+    after = next(i for i, pk in enumerate(pkts) if i > fin and pk.sport == 36002)
+    data_out = [i for i, pk in enumerate(pkts) if pk.sport == 80 and pk.dport == 36002 and pk.payload_len]
+    assert data_out and all(i < fin for i in data_out), "the host sent its data again: the ACK was ignored"
+    got = [(recs[i].v.verdict, recs[i].v.state) for i in (rst, probe, fin, after)]
+    assert got == [("drop", "ESTAB"), ("drop", "ESTAB"), ("deliver", "CLOSE-WAIT"), ("deliver", "CLOSE-WAIT")], \
+        [recs[i].v.reason for i in (rst, probe, fin, after)]
     from demux.batch import reference_jsonl, replay_batch
     ref, out = io.BytesIO(), io.BytesIO()
     reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)

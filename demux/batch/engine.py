@@ -19,15 +19,17 @@ tests/test_batch.py hold them to the reference, packet for packet):
 
 - TCP: the segments ``Kernel.steady`` names for the connection the established hash
   holds for the flow (in the kernel, beside the paths it summarises): plain segments on
-  ESTAB/CLOSE-WAIT with no FIN of ours outstanding, a request socket's SYN-ACK out and
-  retransmitted SYN in, plain segments out of TIME-WAIT; each before the entry's timer (a
-  margin before it: the kernel decides those with its own float arithmetic). Their
-  verdict is ``Kernel.steady_verdict``. The only thing such a segment records is what
-  ``steady`` names: ``rcv_nxt`` and the newest timestamp of an open connection (read
-  later by ``tcp_timewait_state_process``), or a request socket's ISN from its first
-  SYN-ACK (the handshake's last ACK must acknowledge it), which the loop keeps per flow
-  and writes back into the ``Conn`` before the flow's next packet reaches the kernel. A loopback segment is
-  both sent and received: both connections must be steady for it.
+  ESTAB/CLOSE-WAIT with no FIN of ours outstanding and an open window (not old, not a
+  copy, no hole), a request socket's SYN-ACK out and retransmitted SYN in, plain
+  segments out of TIME-WAIT; each before the entry's timer (a margin before it: the
+  kernel decides those with its own float arithmetic). Their verdict is
+  ``Kernel.steady_verdict``. The only thing such a segment records is what ``steady``
+  names: ``rcv_nxt`` and the newest timestamp of an open connection (read later by
+  ``tcp_timewait_state_process``), ``rcv_wup`` from what ours acknowledge, or a request
+  socket's ISN from its first SYN-ACK (the handshake's last ACK must acknowledge it),
+  which the loop keeps per flow and writes back into the ``Conn`` before the flow's next
+  packet reaches the kernel. A loopback segment is both sent and received: both
+  connections must be steady for it.
 - UDP: the verdict of the flow's previous datagram in the same direction, if it was
   ``deliver``/``outbound`` and the socket table did not change while it was decided
   (a UDP lookup is a function of the table and the packet's addresses, ports, interface

@@ -236,20 +236,23 @@ def _sent(c: "Conn", p) -> None:
 
 def _beyond_zero_window(c: "Conn", p) -> str | None:
     """Why a segment is dropped whole while ``c`` offers a zero window, else None.
-    ``tcp_sequence`` (6.17 on): the right edge is ``rcv_wup`` (nothing was taken since
-    the window closed, so it is ``rcv_nxt``); a segment starting past it is out of the
-    window, and one whose data ends past it is too while the receive queue holds data,
-    which it does: the unread data is why the window is zero. A FIN may lie past the
-    edge (a bare FIN is taken); its ACK is not processed either way (the drop comes
-    before ``tcp_ack``)."""
-    wup = c.rcv_wup
+    ``tcp_sequence`` (6.17 on; measured on 6.18): the right edge is ``rcv_nxt`` plus
+    what is left of the window, nothing: ``rcv_wup``, where the window closed, or the
+    peer's FIN + 1 once that is taken (a bare FIN may lie past the edge; nothing else
+    is taken after it). A segment starting past the edge is out of the window, and one
+    whose data ends past it is too while the receive queue holds data, which it does:
+    the unread data is why the window is zero. Its ACK is not processed (the drop comes
+    before ``tcp_ack``), and a RST in it resets nothing (only ``tcp_reset_check`` would)."""
+    edge = c.rcv_wup
+    if c.state in _PEER_FIN_IN and c.rcv_nxt and _seq_after(c.rcv_nxt, edge):
+        edge = c.rcv_nxt
     end = (p.seq + p.payload_len) & 0xFFFFFFFF
-    if not (_seq_after(p.seq, wup) or _seq_after(end, wup)):
+    if not (_seq_after(p.seq, edge) or _seq_after(end, edge)):
         return None
-    return (f"beyond the receive window: {c.describe()[4:]} offered a zero window at {wup} (its application "
-            f"has not read what it has) and the segment {'starts' if _seq_after(p.seq, wup) else 'ends'} past "
-            "it: answered with a duplicate ACK and discarded, its ACK not processed (tcp_validate_incoming: "
-            "tcp_sequence)")
+    return (f"beyond the receive window: {c.describe()[4:]} offered a zero window at {edge} (its application "
+            f"has not read what it has) and the {'RST' if p.flags & RST else 'segment'} "
+            f"{'starts' if _seq_after(p.seq, edge) else 'ends'} past it: discarded, its ACK not processed, "
+            "answered with a duplicate ACK (rate limited) (tcp_validate_incoming: tcp_sequence)")
 
 
 def _ack_covers(ack: int, fin_out: int) -> bool:
@@ -1189,9 +1192,14 @@ class Kernel:
             # tcp_validate_incoming (RFC 5961): in a synchronized state a SYN is answered
             # with a challenge ACK and discarded; a RST resets only at exactly rcv_nxt
             # (in the window otherwise: a challenge ACK; outside it: ignored), or at
-            # rcv_nxt - 1 once the peer's FIN is in (tcp_reset_check).
-            if (flags & RST and p.seq != c.rcv_nxt
-                    and not (c.state in _PEER_FIN_IN and p.seq == (c.rcv_nxt - 1) & 0xFFFFFFFF)):
+            # rcv_nxt - 1 once the peer's FIN is in (tcp_reset_check). A zero window is
+            # checked first (tcp_sequence): a RST with data past its edge is discarded.
+            reset_check = c.state in _PEER_FIN_IN and p.seq == (c.rcv_nxt - 1) & 0xFFFFFFFF
+            if flags & RST and c.rcv_zero and not reset_check:
+                why = _beyond_zero_window(c, p)
+                if why is not None:
+                    return Verdict("drop", why, c.proc, c.fd, c.describe(), c.state)
+            if flags & RST and p.seq != c.rcv_nxt and not reset_check:
                 return Verdict("drop", f"RST at sequence {p.seq}, not rcv_nxt {c.rcv_nxt}, for "
                                f"{c.describe()[4:]}: no reset; a challenge ACK if it is in the window "
                                "(tcp_validate_incoming, RFC 5961)", c.proc, c.fd, c.describe(), c.state)
