@@ -57,6 +57,16 @@ time.sleep(60)
 """
 
 
+# Server code: what the accepted connection c brings until the peer's FIN, into got.
+_READ_TO_EOF = """got = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    got += b
+"""
+
+
 def _ip(*args, check=True):
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
 
@@ -442,13 +452,7 @@ def test_old_segments_on_an_open_connection(lab, tmp_path):
     h, p, procs = lab
     pcap = tmp_path / "old.pcap"
     reader = LISTENER.replace("time.sleep(60)", """c, _ = s.accept()
-got = b""
-while True:
-    b = c.recv(100)
-    if not b:
-        break
-    got += b
-print("GOT", got, flush=True)
+""" + _READ_TO_EOF + """print("GOT", got, flush=True)
 c.close()
 time.sleep(60)""")
     dump = _serve_and_record(h, procs, reader, pcap, time.monotonic() + 40)
@@ -509,47 +513,73 @@ seen = []
 sn = AsyncSniffer(iface='vfl-p', filter='tcp and src host {host}', store=False, prn=seen.append)
 sn.start()
 time.sleep(0.5)
-sa = srp1(e/TCP(sport=36000, dport=80, flags='S', seq=1000, options=[('MSS', 1460)]), iface='vfl-p',
-          timeout=5, verbose=0)
-ack = sa[TCP].seq + 1
 
-def seg(fl, seq, data=b''):
-    pkt = e/TCP(sport=36000, dport=80, flags=fl, seq=seq, ack=ack, window=65535)
-    sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
-    time.sleep(0.3)
+def to(sport):
+    return [pk[TCP] for pk in seen if pk[TCP].dport == sport]
 
-def wait(test):
-    start, end = len(seen), time.time() + 10
+def wait(sport, test):
+    start, end = len(to(sport)), time.time() + 10
     while time.time() < end:
-        hit = [pk for pk in seen[start:] if test(pk[TCP])]
+        hit = [t for t in to(sport)[start:] if test(t)]
         if hit:
-            return hit[-1][TCP]
+            return hit[-1]
         time.sleep(0.05)
     raise SystemExit('the host did not answer as expected')
 
-seg('A', 1001)
-seq = 1001
-while seen[-1][TCP].window:          # fill the window the host offers, to the last byte
-    n = min(1000, seen[-1][TCP].window)
-    seg('PA', seq, b'd' * n)
-    seq += n
-edge = seen[-1][TCP].ack
+def fill(sport):
+    # A handshake from sport, then data up to the last byte of the window the host
+    # offers. Returns seg(flags, seq, data, ack, gap) for the connection, and the edge.
+    sa = srp1(e/TCP(sport=sport, dport=80, flags='S', seq=1000, options=[('MSS', 1460)]), iface='vfl-p',
+              timeout=5, verbose=0)
+    isn1 = sa[TCP].seq + 1
+
+    def seg(fl, seq, data=b'', a=None, gap=0.3):
+        pkt = e/TCP(sport=sport, dport=80, flags=fl, seq=seq, ack=isn1 if a is None else a, window=65535)
+        sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+        time.sleep(gap)
+    seg('A', 1001)
+    seq = 1001
+    while to(sport)[-1].window:
+        n = min(1000, to(sport)[-1].window)
+        seg('PA', seq, b'd' * n)
+        seq += n
+    return seg, to(sport)[-1].ack
+"""
+
+ZERO_WINDOW_PROBES = """
+seg, edge = fill(36000)
 seg('PA', edge, b'Z')                # data at the edge of a zero window
 seg('A', edge)                       # an ACK at the edge
 seg('A', edge + 5)                   # an ACK past it
 seg('PA', edge - 100, b'd' * 100 + b'Z')      # data overlapping the edge
 seg('RA', edge, b'RSTDATA')          # a RST with data at the edge: past it
-fin = wait(lambda t: t.flags & 0x01)          # the application's shutdown(SHUT_WR)
-ack = fin.seq + 1
-seg('PA', edge, b'X')                # past the edge, acknowledging the host's FIN
+fin = wait(36000, lambda t: t.flags & 0x01).seq + 1     # the application's shutdown(SHUT_WR)
+seg('PA', edge, b'X', fin)           # past the edge, acknowledging the host's FIN
 time.sleep(1.5)                      # the FIN is retransmitted if that ACK was ignored
-seg('A', edge)                       # a bare ACK of the FIN
-wait(lambda t: t.window > 0)         # the application reads: the window opens
-seg('PA', edge, b'after')
-seg('FA', edge + 5)
+seg('A', edge, a=fin)                # a bare ACK of the FIN
+wait(36000, lambda t: t.window > 0)  # the application reads: the window opens
+seg('PA', edge, b'after', fin)
+seg('FA', edge + 5, a=fin)
 time.sleep(0.5)
 sn.stop()
 """
+
+
+def _unread_server(body: str) -> str:
+    """LISTENER with SO_RCVBUF 8192 (a window of a few KB), then ``body`` (what becomes of
+    the accepted connections) instead of its wait."""
+    return LISTENER.replace("s.listen(16)", "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)\n"
+                                            "s.listen(16)").replace("time.sleep(60)", body)
+
+
+def _engines_agree(pcap) -> None:
+    """The batch engine's records are the reference's (its flow cache must leave the
+    zero window's segments to the kernel)."""
+    from demux.batch import reference_jsonl, replay_batch
+    ref, out = io.BytesIO(), io.BytesIO()
+    reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)
+    replay_batch(str(pcap), scen.loads(SCENARIO), 0, 1, out)
+    assert out.getvalue() == ref.getvalue()
 
 
 def test_zero_window(lab, tmp_path):
@@ -557,27 +587,21 @@ def test_zero_window(lab, tmp_path):
     # host offers a zero window; then tcp_sequence (6.17 on) drops a segment whose data
     # ends past the window's edge, or that starts past it, whole: the ACK it carries is
     # not processed (the host's FIN, which the dropped segment acknowledges, is sent
-    # again), and the application never reads its bytes. An ACK at the edge is taken; the
-    # window update ends it. The application reads what the kernel kept.
+    # again), and the application never reads its bytes; a RST with data resets nothing.
+    # An ACK at the edge is taken; the window update ends it. The application reads what
+    # the kernel kept.
     h, p, procs = lab
     pcap = tmp_path / "zw.pcap"
-    server = LISTENER.replace("s.listen(16)", "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)\n"
-                                              "s.listen(16)").replace("time.sleep(60)", """c, _ = s.accept()
+    server = _unread_server("""c, _ = s.accept()
 time.sleep(4.5)
 c.shutdown(socket.SHUT_WR)
 time.sleep(3)
-got = b""
-while True:
-    b = c.recv(65536)
-    if not b:
-        break
-    got += b
-print("GOT", len(got), got.count(b"d"), got[-8:], flush=True)
+""" + _READ_TO_EOF + """print("GOT", len(got), got.count(b"d"), got[-8:], flush=True)
 time.sleep(60)""")
     dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
     srv = procs[-2]
     hmac, pmac = _peer_off_the_air(h, p)
-    _send(p, ZERO_WINDOW_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST))
+    _send(p, ZERO_WINDOW_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST) + ZERO_WINDOW_PROBES)
     said = _wait_line(srv, "GOT", time.monotonic() + 10)
     _stop(dump, 0.3)
     frames, pkts = _read(pcap)
@@ -595,57 +619,23 @@ time.sleep(60)""")
     ins = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and i > edge_at]
     got = [(pkts[i].payload_len, recs[i].v.verdict, recs[i].v.state) for i in ins]
     assert got == [(1, "drop", "ESTAB"), (0, "deliver", "ESTAB"), (0, "drop", "ESTAB"), (101, "drop", "ESTAB"),
-                   (7, "drop", "ESTAB"), (1, "drop", "FIN-WAIT-1"), (0, "deliver", "FIN-WAIT-2"), (5, "deliver", "FIN-WAIT-2"),
-                   (0, "deliver", "TIME-WAIT")], [recs[i].v.reason for i in ins]
+                   (7, "drop", "ESTAB"), (1, "drop", "FIN-WAIT-1"), (0, "deliver", "FIN-WAIT-2"),
+                   (5, "deliver", "FIN-WAIT-2"), (0, "deliver", "TIME-WAIT")], [recs[i].v.reason for i in ins]
     fill = [i for i, pk in enumerate(pkts) if pk.sport == 36000 and pk.payload_len and i < edge_at]
     assert n_d == sum(pkts[i].payload_len for i in fill)
     assert all((recs[i].v.verdict, recs[i].v.state) == ("deliver", "ESTAB") for i in fill)
-    # The batch engine (its flow cache must leave the zero window's segments to the kernel).
-    from demux.batch import reference_jsonl, replay_batch
-    ref, out = io.BytesIO(), io.BytesIO()
-    reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)
-    replay_batch(str(pcap), scen.loads(SCENARIO), 0, 1, out)
-    assert out.getvalue() == ref.getvalue()
+    _engines_agree(pcap)
 
 
-ZERO_WINDOW_EDGE_PEER = """from scapy.all import Ether, IP, TCP, Raw, srp1, sendp, AsyncSniffer
-import time
-e = Ether(src='{pmac}', dst='{hmac}')/IP(src='{peer}', dst='{host}')
-seen = []
-sn = AsyncSniffer(iface='vfl-p', filter='tcp and src host {host}', store=False, prn=seen.append)
-sn.start()
-time.sleep(0.5)
-
-def last(sport):
-    return [pk for pk in seen if pk[TCP].dport == sport][-1][TCP]
-
-for sport in (36001, 36002):
-    sa = srp1(e/TCP(sport=sport, dport=80, flags='S', seq=1000, options=[('MSS', 1460)]), iface='vfl-p',
-              timeout=5, verbose=0)
-    ack = sa[TCP].seq + 1
-
-    def seg(fl, seq, data=b'', a=None, gap=0.3):
-        pkt = e/TCP(sport=sport, dport=80, flags=fl, seq=seq, ack=ack if a is None else a, window=65535)
-        sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
-        time.sleep(gap)
-    seg('A', 1001)
-    seq = 1001
-    while last(sport).window:
-        n = min(1000, last(sport).window)
-        seg('PA', seq, b'd' * n)
-        seq += n
-    edge = last(sport).ack
-    if sport == 36001:
-        seg('RA', edge, b'RSTDATA', gap=0.7)      # a RST with data at the edge
-        seg('A', edge + 5, gap=0.7)               # past the edge: a duplicate ACK if it lives
-    else:
-        end = time.time() + 10                    # the host sends 10 bytes, window still 0
-        while time.time() < end and not [pk for pk in seen if pk[TCP].dport == sport and len(pk[TCP].payload)]:
-            time.sleep(0.05)
-        h = [pk for pk in seen if pk[TCP].dport == sport and len(pk[TCP].payload)][0][TCP]
-        time.sleep(0.6)
-        seg('FA', edge, a=h.seq, gap=0.0)         # a bare FIN at the edge
-        seg('A', edge + 1, a=h.seq + 10, gap=1.5)  # at once: past rcv_wup, acknowledging the 10 bytes
+ZERO_WINDOW_EDGE_PROBES = """
+seg, edge = fill(36001)
+seg('RA', edge, b'RSTDATA', gap=0.7)      # a RST with data at the edge
+seg('A', edge + 5, gap=0.7)               # past the edge: a duplicate ACK if it lives
+seg, edge = fill(36002)
+h = wait(36002, lambda t: len(t.payload))  # the host sends 10 bytes, its window still 0
+time.sleep(0.6)
+seg('FA', edge, a=h.seq, gap=0.0)         # a bare FIN at the edge
+seg('A', edge + 1, a=h.seq + 10, gap=1.5)  # at once: past rcv_wup, acknowledging the 10 bytes
 time.sleep(0.5)
 sn.stop()
 """
@@ -659,15 +649,14 @@ def test_zero_window_edge(lab, tmp_path):
     # went out, is processed (the host never sends its 10 bytes again: acknowledged).
     h, p, procs = lab
     pcap = tmp_path / "zwe.pcap"
-    server = LISTENER.replace("s.listen(16)", "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)\n"
-                                              "s.listen(16)").replace("time.sleep(60)", """c1, _ = s.accept()
+    server = _unread_server("""c1, _ = s.accept()
 c2, _ = s.accept()
 time.sleep(2.5)
 c2.send(b"h" * 10)
 time.sleep(60)""")
     dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
     hmac, pmac = _peer_off_the_air(h, p)
-    _send(p, ZERO_WINDOW_EDGE_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST))
+    _send(p, ZERO_WINDOW_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST) + ZERO_WINDOW_EDGE_PROBES)
     _stop(dump, 0.3)
     frames, pkts = _read(pcap)
     eng = Engine(scen.loads(SCENARIO), 0)
@@ -683,8 +672,4 @@ time.sleep(60)""")
     got = [(recs[i].v.verdict, recs[i].v.state) for i in (rst, probe, fin, after)]
     assert got == [("drop", "ESTAB"), ("drop", "ESTAB"), ("deliver", "CLOSE-WAIT"), ("deliver", "CLOSE-WAIT")], \
         [recs[i].v.reason for i in (rst, probe, fin, after)]
-    from demux.batch import reference_jsonl, replay_batch
-    ref, out = io.BytesIO(), io.BytesIO()
-    reference_jsonl(str(pcap), scen.loads(SCENARIO), 0, ref)
-    replay_batch(str(pcap), scen.loads(SCENARIO), 0, 1, out)
-    assert out.getvalue() == ref.getvalue()
+    _engines_agree(pcap)
