@@ -458,6 +458,14 @@ def test_generated_handshakes(tmp_path):
                 pkts += [(fi, True, 0x18, 100, 5, 0.001, 0), (fi, True, 0x18, 100, 5, 0.001, -100),
                          (fi, True, 0x18, 100, 5, 0.001, 50), (fi, True, 0x18, 50, 5, 0.001, -150),
                          (fi, True, 0x10, 0, 5, 0.001, 100)]
+            if rnd % 8 == 3:
+                # Our ACK acknowledges less than their data (the kernel took none of it:
+                # rcv_exact ends), so their data again is taken.
+                pkts += [(fi, True, 0x18, 100, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0, -100),
+                         (fi, True, 0x18, 100, 5, 0.001, -100)]
+            elif rnd % 8 == 7:
+                # A bare ACK past rcv_nxt (rcv_exact ends), then the data before it: taken.
+                pkts += [(fi, True, 0x10, 0, 5, 0.001, 100), (fi, True, 0x18, 100, 5, 0.001, -100)]
             close = [(fi, True, 0x11, 0, 5, 0.001, 0), (fi, False, 0x10, 0, 5, 0.001, 0),
                      (fi, False, 0x11, 0, 5, 0.001, 0), (fi, True, 0x10, 0, 5, 0.001, 0)]
             if rnd % 3 == 1:

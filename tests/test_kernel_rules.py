@@ -661,3 +661,33 @@ def test_a_zero_window_keeps_a_rst_with_data_out_and_moves_past_a_taken_fin():
     # A bare RST at the edge resets, zero window or not.
     v = k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "R", seq=1002), 0.4)
     assert (v.verdict, v.state) == ("deliver", "CLOSE"), v.reason
+
+
+def test_only_what_the_kernel_took_makes_a_later_copy():
+    # rcv_exact ends where demux would count bytes the kernel did not take: a bare ACK past
+    # rcv_nxt (_received), a SYN's data, or our own ACK acknowledging less (_sent). The
+    # bytes sent again are then taken, not called copies. Data in a SYN-ACK to our SYN is
+    # not taken either (tcp_rcv_synsent_state_process: rcv_nxt = SEQ+1).
+    lst = '{proto="tcp", bind="0.0.0.0:80", listen=true}'
+    data = lambda k, sq, n: k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "P.", seq=sq, ack=9001, plen=n), 0.2)
+    k = kernel(lst)
+    _open(k)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1101, ack=9001), 0.1)
+    assert data(k, 1001, 100).verdict == "deliver"
+    k = kernel(lst)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, "S", seq=1000, plen=7), 0.0)
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, "S.", seq=9000, ack=1001), 0.0)
+    k.input(seg("10.8.0.9", 5555, "10.9.0.1", 80, ".", seq=1001, ack=9001), 0.0)
+    assert data(k, 1001, 7).verdict == "deliver"
+    k = kernel(lst)
+    _open(k)
+    assert data(k, 1001, 50).verdict == "deliver"
+    k.output(seg("10.9.0.1", 80, "10.8.0.9", 5555, ".", seq=9001, ack=1001), 0.3)   # it took none of it
+    assert data(k, 1001, 50).verdict == "deliver"
+    k = kernel("")
+    k.output(seg("10.9.0.1", 40000, "10.8.0.9", 443, "S", seq=100), 0.0)
+    k.input(seg("10.8.0.9", 443, "10.9.0.1", 40000, "S.", seq=5000, ack=101, plen=5), 0.1)
+    v = k.input(seg("10.8.0.9", 443, "10.9.0.1", 40000, "P.", seq=5001, ack=101, plen=5), 0.2)
+    assert (v.verdict, v.state) == ("deliver", "ESTAB"), v.reason
+    v = k.input(seg("10.8.0.9", 443, "10.9.0.1", 40000, "P.", seq=5001, ack=101, plen=5), 0.3)
+    assert v.verdict == "drop" and "received already" in v.reason, v.reason

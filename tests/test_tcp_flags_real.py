@@ -673,3 +673,64 @@ time.sleep(60)""")
     assert got == [("drop", "ESTAB"), ("drop", "ESTAB"), ("deliver", "CLOSE-WAIT"), ("deliver", "CLOSE-WAIT")], \
         [recs[i].v.reason for i in (rst, probe, fin, after)]
     _engines_agree(pcap)
+
+
+NOT_TAKEN_PEER = """from scapy.all import Ether, IP, TCP, Raw, srp1, sendp
+import time
+e = Ether(src='{pmac}', dst='{hmac}')/IP(src='{peer}', dst='{host}')
+
+def connect(sport, isn, data=b''):
+    syn = e/TCP(sport=sport, dport=80, flags='S', seq=isn)
+    sa = srp1(syn/Raw(data) if data else syn, iface='vfl-p', timeout=5, verbose=0)
+
+    def seg(fl, seq, data=b'', ack=0):
+        pkt = e/TCP(sport=sport, dport=80, flags=fl, seq=seq, ack=sa[TCP].seq + 1 + ack, window=65535)
+        sendp(pkt/Raw(data) if data else pkt, iface='vfl-p', verbose=0)
+        time.sleep(0.3)
+    seg('A', isn + 1)
+    return seg
+
+seg = connect(37001, 1000)
+seg('A', 1101)                       # a bare ACK past rcv_nxt (the data before it late)
+seg('PA', 1001, b'a' * 100)          # that data
+seg('FA', 1101)
+seg = connect(37002, 2000, b'SYNDATA')   # a SYN with data: not taken without Fast Open
+seg('PA', 2001, b'SYNDATA')          # the data again, after the handshake
+seg('FA', 2008)
+seg = connect(37003, 3000)
+seg('PA', 3001, b'x' * 50, ack=1000)      # acknowledging data the host never sent: discarded
+seg('PA', 3001, b'y' * 50)           # the same bytes, with a right ACK
+seg('FA', 3051)
+time.sleep(0.5)
+"""
+
+
+def test_what_the_kernel_did_not_take_is_no_copy(lab, tmp_path):
+    # Kernel._received and _sent keep rcv_exact honest: demux counts as received only what
+    # the kernel took, else a later resend of the bytes would look like a copy (_old).
+    # A bare ACK past rcv_nxt, a SYN's data (no Fast Open) and data acknowledging what the
+    # host never sent (tcp_ack: TCP_ACK_UNSENT_DATA) are not taken; the bytes sent again
+    # are, and the application reads them (found in review, measured on 6.18).
+    h, p, procs = lab
+    pcap = tmp_path / "taken.pcap"
+    server = LISTENER.replace("time.sleep(60)", "for _ in range(3):\n    c, _ = s.accept()\n"
+                              + "".join("    " + line + "\n" for line in _READ_TO_EOF.splitlines())
+                              + "    print('GOT', got, flush=True)\ntime.sleep(60)")
+    dump = _serve_and_record(h, procs, server, pcap, time.monotonic() + 40)
+    srv = procs[-2]
+    hmac, pmac = _peer_off_the_air(h, p)
+    _send(p, NOT_TAKEN_PEER.format(pmac=pmac, hmac=hmac, peer=PEER, host=HOST))
+    said = b""
+    while said.count(b"GOT") < 3:
+        said += _wait_line(srv, "GOT", time.monotonic() + 10)
+    _stop(dump, 0.3)
+    assert b"GOT b'" + b"a" * 100 + b"'" in said and b"GOT b'SYNDATA'" in said and b"GOT b'" + b"y" * 50 + b"'" in said, said
+    frames, pkts = _read(pcap)
+    eng = Engine(scen.loads(SCENARIO), 0)
+    recs = [eng.feed(f) for f in frames]
+    resent = [[i for i, pk in enumerate(pkts) if pk.sport == sport and pk.payload_len and pk.data.endswith(tail)][-1]
+              for sport, tail in ((37001, b"a"), (37002, b"SYNDATA"), (37003, b"y"))]
+    got = [(pkts[i].payload_len, recs[i].v.verdict, recs[i].v.state) for i in resent]
+    assert got == [(100, "deliver", "ESTAB"), (7, "deliver", "ESTAB"), (50, "deliver", "ESTAB")], \
+        [recs[i].v.reason for i in resent]
+    _engines_agree(pcap)

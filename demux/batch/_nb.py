@@ -439,12 +439,18 @@ def run(C, fst, vc, sc, start, k):
                     return i
             keeps = fst[s, F_SHADOW + b]
             r = fst[s, F_RCV + b]
-            if keeps & KEEPS_RCV and C[i, PLEN] > 0 and r != 0:
-                # Data that is a copy (it ends at or before rcv_nxt) or leaves a hole (it
-                # starts past it): the kernel tells them apart (Kernel._old, rcv_exact).
-                de = (C[i, SEQ] + C[i, PLEN] - r) & 0xFFFFFFFF
+            if keeps & KEEPS_RCV and r != 0:
+                # A segment past rcv_nxt (it ends rcv_exact: Kernel._received), or data that
+                # is a copy (it ends at or before rcv_nxt: Kernel._old).
                 ds = (C[i, SEQ] - r) & 0xFFFFFFFF
-                if de == 0 or de >= 0x80000000 or (ds != 0 and ds < 0x80000000):
+                de = (C[i, SEQ] + C[i, PLEN] - r) & 0xFFFFFFFF
+                if (ds != 0 and ds < 0x80000000) or (C[i, PLEN] > 0 and (de == 0 or de >= 0x80000000)):
+                    return i
+            if keeps & KEEPS_WUP and fst[s, F_SHADOW + ob] & KEEPS_RCV and C[i, FLAGS] & 0x10:
+                # Ours acknowledging less than the receiving side counts (Kernel._sent).
+                ro = fst[s, F_RCV + ob]
+                back = (ro - C[i, ACK]) & 0xFFFFFFFF
+                if ro != 0 and back != 0 and back <= 0x80000000:
                     return i
             if keeps & KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.

@@ -192,7 +192,7 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
     a copy of what arrived while our ACK of it was delayed, e.g. a tail loss probe.
     Once a hole was seen, ``rcv_nxt`` is the furthest end seen (holes are not tracked),
     and data past ``rcv_wup`` may fill one: taken."""
-    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN, c.rcv_nxt if c.rcv_exact else None)
+    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN, _exact_nxt(c))
     what = "data" if p.payload_len else "FIN"
     if kind == 1:
         return (f"old segment (ends at {end}, before {c.rcv_wup}, acknowledged already) for "
@@ -206,6 +206,23 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
                 f"for {c.describe()[4:]}: a retransmission; its ACK is taken, the {what} acknowledged "
                 "again and discarded (tcp_data_queue)"), False
     return None
+
+
+def _exact_nxt(c: "Conn") -> int | None:
+    """``rcv_nxt`` when it is the kernel's (``rcv_exact``), else None. (0 counts as
+    unknown, as everywhere rcv_nxt is read.)"""
+    return c.rcv_nxt if c.rcv_exact and c.rcv_nxt else None
+
+
+def _received(c: "Conn", p, end: int) -> None:
+    """A segment ending at ``end`` was taken: ``rcv_nxt`` moves up to it. One that starts
+    past ``rcv_nxt`` leaves a hole (or is an ACK the kernel does not count), so from then
+    on ``rcv_nxt`` is the furthest end seen, not the kernel's (``rcv_exact`` ends)."""
+    nxt = c.rcv_nxt
+    if nxt == 0 or _seq_after(end, nxt):
+        if nxt and _seq_after(p.seq, nxt):
+            c.rcv_exact = False
+        c.rcv_nxt = end
 
 
 def _old_kind(wup: int | None, end: int, data, nxt: int | None = None) -> int:
@@ -232,6 +249,10 @@ def _sent(c: "Conn", p) -> None:
     if p.flags & ACK and not p.flags & RST:
         c.rcv_wup = p.ack
         c.rcv_zero = p.window == 0
+        if c.rcv_exact and _before(p.ack, c.rcv_nxt):
+            # The kernel acknowledges its rcv_nxt: it took less than demux counted (an ACK
+            # of data never sent, PAWS, memory...), so rcv_nxt is no longer its own.
+            c.rcv_exact = False
 
 
 def _beyond_zero_window(c: "Conn", p) -> str | None:
@@ -850,10 +871,13 @@ class Kernel:
         the handshake's last ACK must acknowledge); KEEPS_WUP, the acknowledgment number
         of the latest one is ``rcv_wup``; else KEEPS_NOTHING. A segment coming in whose
         other direction keeps ``rcv_wup`` is steady only if it is not old by it (``_old``:
-        it ends after it, or at it without data); with KEEPS_RCV, one with data only if it
-        ends past ``rcv_nxt`` and does not start past it (a copy, or a hole, which ends
-        ``rcv_exact``, goes to ``_old``). None: any segment may change something. The paths this summarises, which use ``steady_verdict`` (the
-        straight paths build the open-connection verdict inline: it is the hot path;
+        it ends after it, or at it without data); with KEEPS_RCV, only if it does not
+        start past ``rcv_nxt`` and, with data, ends past it (a copy is ``_old``'s, a
+        segment past it ends ``rcv_exact``: ``_received``). One going out with KEEPS_WUP
+        is steady only if it does not acknowledge less than the receiving side's
+        ``rcv_nxt`` (``_sent`` ends ``rcv_exact`` then). None: any segment may change
+        something. The paths this summarises, which use ``steady_verdict`` (the straight
+        paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
 
         - a plain segment (no SYN, FIN, RST; with ACK when it comes in) on ESTAB or
@@ -915,15 +939,11 @@ class Kernel:
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state == ts.ESTAB and steps is None and not c.rcv_zero
                 and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len,
-                                  c.rcv_nxt if c.rcv_exact else None)):
+                                  _exact_nxt(c))):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there,
             # and CLOSE-WAIT's, which may bring data after the peer's FIN).
-            end = (p.seq + p.payload_len) & 0xFFFFFFFF
-            if c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt):
-                if c.rcv_nxt and p.payload_len and _seq_after(p.seq, c.rcv_nxt):
-                    c.rcv_exact = False   # a hole: rcv_nxt is the furthest end from now on
-                c.rcv_nxt = end
+            _received(c, p, (p.seq + p.payload_len) & 0xFFFFFFFF)
             if p.tsval is not None:
                 c.tsval = p.tsval
             # steady_verdict's open-connection case, inline on the hottest path.
@@ -1001,7 +1021,7 @@ class Kernel:
             c.expire = now + ts.SYN_RECV_SECONDS
             c.rcv_start = (p.seq + 1) & 0xFFFFFFFF
             c.rcv_nxt = (c.rcv_start + p.payload_len) & 0xFFFFFFFF
-            c.rcv_exact = True
+            c.rcv_exact = not p.payload_len     # (without Fast Open the kernel drops a SYN's data)
             c.tsval = p.tsval
             self.est[key] = c
             self._arm(c)
@@ -1255,12 +1275,12 @@ class Kernel:
                 self._accept(c, l)
         new = ts.next_state(c.state, "in", ev)
         if c.state == ts.SYN_SENT and new != ts.SYN_SENT and flags & SYN:
-            c.rcv_wup = end           # tcp_rcv_synsent_state_process: rcv_nxt = rcv_wup = SEQ+1
-            c.rcv_nxt, c.rcv_exact = end, True
-        if (c.rcv_nxt == 0 or _seq_after(end, c.rcv_nxt)) and not after_fin:
-            if c.rcv_nxt and _seq_after(p.seq, c.rcv_nxt) and (p.payload_len or flags & FIN):
-                c.rcv_exact = False       # a hole: rcv_nxt is the furthest end from now on
-            c.rcv_nxt = end
+            # tcp_rcv_synsent_state_process: rcv_nxt = rcv_wup = SEQ+1; data in the SYN-ACK
+            # is not taken (without Fast Open).
+            c.rcv_nxt = c.rcv_wup = end = (p.seq + 1) & 0xFFFFFFFF
+            c.rcv_exact = True
+        if not after_fin:
+            _received(c, p, end)
         if p.tsval is not None:
             c.tsval = p.tsval
         v = self._settle(c, new, now, "deliver")
