@@ -192,7 +192,7 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
     a copy of what arrived while our ACK of it was delayed, e.g. a tail loss probe.
     Once a hole was seen, ``rcv_nxt`` is the furthest end seen (holes are not tracked),
     and data past ``rcv_wup`` may fill one: taken."""
-    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN, _exact_nxt(c))
+    kind = _old_kind(c.rcv_wup, end, p.payload_len or p.flags & FIN, c.rcv_nxt if c.rcv_exact else 0)
     what = "data" if p.payload_len else "FIN"
     if kind == 1:
         return (f"old segment (ends at {end}, before {c.rcv_wup}, acknowledged already) for "
@@ -208,36 +208,32 @@ def _old(c: "Conn", p, end: int) -> tuple[str, bool] | None:
     return None
 
 
-def _exact_nxt(c: "Conn") -> int | None:
-    """``rcv_nxt`` when it is the kernel's (``rcv_exact``), else None. (0 counts as
-    unknown, as everywhere rcv_nxt is read.)"""
-    return c.rcv_nxt if c.rcv_exact and c.rcv_nxt else None
-
-
 def _received(c: "Conn", p, end: int) -> None:
     """A segment ending at ``end`` was taken: ``rcv_nxt`` moves up to it. One that starts
     past ``rcv_nxt`` leaves a hole (or is an ACK the kernel does not count), so from then
     on ``rcv_nxt`` is the furthest end seen, not the kernel's (``rcv_exact`` ends)."""
     nxt = c.rcv_nxt
-    if nxt == 0 or _seq_after(end, nxt):
-        if nxt and _seq_after(p.seq, nxt):
+    # (_seq_after written out: this runs for every segment of an open connection)
+    if nxt == 0 or 0 < (end - nxt) & 0xFFFFFFFF < 0x80000000:
+        if nxt and 0 < (p.seq - nxt) & 0xFFFFFFFF < 0x80000000:
             c.rcv_exact = False
         c.rcv_nxt = end
 
 
-def _old_kind(wup: int | None, end: int, data, nxt: int | None = None) -> int:
+def _old_kind(wup: int | None, end: int, data, nxt: int = 0) -> int:
     """``_old``'s test alone: 0 not old, 1 ends before ``wup``, 2 its data (``data``
     true) ends at it, 3 its data ends after it but not after ``nxt`` (an exact
-    ``rcv_nxt``, or None)."""
+    ``rcv_nxt``; 0 unknown, as everywhere rcv_nxt is read). (_before and _seq_after
+    written out: this runs for every segment of an open connection.)"""
     if wup is None:
         return 0
-    if _before(end, wup):
+    if 0 < (wup - end) & 0xFFFFFFFF <= 0x80000000:
         return 1
     if not data:
         return 0
     if end == wup:
         return 2
-    return 3 if nxt is not None and not _seq_after(end, nxt) else 0
+    return 3 if nxt and not 0 < (end - nxt) & 0xFFFFFFFF < 0x80000000 else 0
 
 
 def _sent(c: "Conn", p) -> None:
@@ -249,7 +245,7 @@ def _sent(c: "Conn", p) -> None:
     if p.flags & ACK and not p.flags & RST:
         c.rcv_wup = p.ack
         c.rcv_zero = p.window == 0
-        if c.rcv_exact and _before(p.ack, c.rcv_nxt):
+        if c.rcv_exact and 0 < (c.rcv_nxt - p.ack) & 0xFFFFFFFF <= 0x80000000:     # _before, written out
             # The kernel acknowledges its rcv_nxt: it took less than demux counted (an ACK
             # of data never sent, PAWS, memory...), so rcv_nxt is no longer its own.
             c.rcv_exact = False
@@ -939,7 +935,7 @@ class Kernel:
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state == ts.ESTAB and steps is None and not c.rcv_zero
                 and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len,
-                                  _exact_nxt(c))):
+                                  c.rcv_nxt if c.rcv_exact else 0)):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there,
             # and CLOSE-WAIT's, which may bring data after the peer's FIN).
