@@ -494,3 +494,31 @@ def test_generated_handshakes(tmp_path):
     assert ref.getvalue().count(b"beyond the receive window") == 3 * 8 * 3
     assert ref.getvalue().count(b"received already") == 3 * 7
     _same(path, scen.loads(SCENARIO), 2, chunk=7)
+
+
+def test_our_ack_behind_rcv_nxt_in_both_engines(tmp_path):
+    # Kernel._sent ends rcv_exact when ours acknowledges less than rcv_nxt; the cache must
+    # send such a segment to the kernel also where the other direction is not cached
+    # (CLOSE-WAIT) and where rcv_nxt has wrapped to 0 (unknown, in both engines). Then
+    # the data again is taken, not called a copy. (Found in review.)
+    flow, loop = [("10.0.0.1", "10.1.0.2", 80, 1111, 6)], [("10.0.0.1", "10.0.0.1", 80, 1111, 6)]
+    wrap = 0xFFFFFF37 - 1000
+    cases = {
+        "wrap": (flow, [(0, True, 0x02, 0, 0, 0.001, wrap), (0, False, 0x12, 0, 0, 0.001, 0),
+                        (0, True, 0x10, 0, 0, 0.001, 0), (0, True, 0x18, 200, 0, 0.001, 0),
+                        (0, False, 0x10, 0, 0, 0.001, 0, -200), (0, True, 0x18, 100, 0, 0.001, 0),
+                        (0, True, 0x18, 100, 0, 0.001, -100)]),
+        "close-wait": (flow, [(0, True, 0x02, 0, 0, 0.001, 0), (0, False, 0x12, 0, 0, 0.001, 0),
+                              (0, True, 0x10, 0, 0, 0.001, 0), (0, True, 0x18, 100, 0, 0.001, 0),
+                              (0, True, 0x11, 0, 0, 0.001, 0), (0, False, 0x10, 0, 0, 0.001, 0),
+                              (0, False, 0x10, 0, 0, 0.001, 0, -101), (0, False, 0x10, 0, 0, 0.001, 0, -101),
+                              (0, True, 0x18, 100, 0, 0.001, -101), (0, True, 0x11, 0, 0, 0.001, -1)]),
+        "loopback": (loop, [(0, True, 0x02, 0, 0, 0.001, 0), (0, False, 0x12, 0, 0, 0.001, 0),
+                            (0, True, 0x10, 0, 0, 0.001, 0), (0, True, 0x18, 100, 0, 0.001, 0),
+                            (0, False, 0x18, 10, 0, 0.001, 0), (0, False, 0x10, 0, 0, 0.001, 0, -100),
+                            (0, True, 0x18, 100, 0, 0.001, -100), (0, True, 0x18, 100, 0, 0.001, -100)]),
+    }
+    for name, (flows, pkts) in cases.items():
+        path = str(tmp_path / f"{name}.pcap")
+        _write(path, flows, pkts)
+        assert _same(path, scen.loads(SCENARIO)) == len(pkts), name

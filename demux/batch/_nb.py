@@ -446,9 +446,16 @@ def run(C, fst, vc, sc, start, k):
                 de = (C[i, SEQ] + C[i, PLEN] - r) & 0xFFFFFFFF
                 if (ds != 0 and ds < 0x80000000) or (C[i, PLEN] > 0 and (de == 0 or de >= 0x80000000)):
                     return i
-            if keeps & KEEPS_WUP and fst[s, F_SHADOW + ob] & KEEPS_RCV and C[i, FLAGS] & 0x10:
-                # Ours acknowledging less than the receiving side counts (Kernel._sent).
-                ro = fst[s, F_RCV + ob]
+            if keeps & KEEPS_WUP and C[i, FLAGS] & 0x10:
+                # Ours acknowledging less than the sender's own rcv_nxt (Kernel._sent ends
+                # rcv_exact): that is the other direction's, live, while it is cached;
+                # else the one the entry was filled with (0 when not exact).
+                if fst[s, F_SHADOW + ob] & KEEPS_RCV:
+                    ro = fst[s, F_RCV + ob]
+                elif keeps & KEEPS_RCV:
+                    return i      # (a loopback segment whose other direction is not cached)
+                else:
+                    ro = fst[s, F_RCV + b]
                 back = (ro - C[i, ACK]) & 0xFFFFFFFF
                 if ro != 0 and back != 0 and back <= 0x80000000:
                     return i

@@ -495,7 +495,9 @@ class BatchEngine:
                             conns[2 + dd] = sender
                             # the receiver's rcv_nxt and timestamp, the sender's rcv_wup,
                             # what is recorded, nothing recorded yet
-                            fm[b + _nb.F_RCV] = c.rcv_nxt
+                            # (an entry going out with KEEPS_WUP alone: the sender's exact
+                            # rcv_nxt, which its ACKs must not fall behind: Kernel._sent)
+                            fm[b + _nb.F_RCV] = (c.rcv_nxt if keeps & KEEPS_RCV or c.rcv_exact else 0)
                             fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
                             fm[b + _nb.F_WUP] = (-1 if sender is None or sender.rcv_wup is None
                                                  else sender.rcv_wup)

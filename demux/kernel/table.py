@@ -245,7 +245,7 @@ def _sent(c: "Conn", p) -> None:
     if p.flags & ACK and not p.flags & RST:
         c.rcv_wup = p.ack
         c.rcv_zero = p.window == 0
-        if c.rcv_exact and 0 < (c.rcv_nxt - p.ack) & 0xFFFFFFFF <= 0x80000000:     # _before, written out
+        if c.rcv_exact and c.rcv_nxt and 0 < (c.rcv_nxt - p.ack) & 0xFFFFFFFF <= 0x80000000:   # _before
             # The kernel acknowledges its rcv_nxt: it took less than demux counted (an ACK
             # of data never sent, PAWS, memory...), so rcv_nxt is no longer its own.
             c.rcv_exact = False
