@@ -58,6 +58,20 @@ I_LT, I_MUL, I_DIV, I_OFF, I_LIMIT, I_OK, I_SNAP = 0, 1, 2, 3, 4, 5, 6
 
 
 @njit(cache=True, inline="always")
+def _after(a, b):
+    """Sequence number a after b (the kernel's ``after``; demux.kernel.table._seq_after)."""
+    d = (a - b) & 0xFFFFFFFF
+    return d != 0 and d < 0x80000000
+
+
+@njit(cache=True, inline="always")
+def _before(a, b):
+    """Sequence number a before b (the kernel's ``before``; demux.kernel.table._before)."""
+    d = (b - a) & 0xFFFFFFFF
+    return d != 0 and d <= 0x80000000
+
+
+@njit(cache=True, inline="always")
 def _u16be(b, i):
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
@@ -432,19 +446,19 @@ def run(C, fst, vc, sc, start, k):
             if fst[s, F_SHADOW + b] & KEEPS_WUP and C[i, WIN] == 0:
                 return i          # a zero window offered (Kernel._sent): the connection is not steady
             ob = F_DSTRIDE * (1 - d)
-            if fst[s, F_SHADOW + ob] & KEEPS_WUP and fst[s, F_WUP + ob] >= 0:
+            seq, plen = C[i, SEQ], C[i, PLEN]
+            end = (seq + plen) & 0xFFFFFFFF
+            wup = fst[s, F_WUP + ob]
+            if fst[s, F_SHADOW + ob] & KEEPS_WUP and wup >= 0:
                 # Old by what the receiver's latest segment acknowledged (Kernel._old).
-                left = (fst[s, F_WUP + ob] - ((C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF)) & 0xFFFFFFFF
-                if (left != 0 and left <= 0x80000000) or (left == 0 and C[i, PLEN] > 0):
+                if _before(end, wup) or (end == wup and plen > 0):
                     return i
             keeps = fst[s, F_SHADOW + b]
             r = fst[s, F_RCV + b]
             if keeps & KEEPS_RCV and r != 0:
                 # A segment past rcv_nxt (it ends rcv_exact: Kernel._received), or data that
                 # is a copy (it ends at or before rcv_nxt: Kernel._old).
-                ds = (C[i, SEQ] - r) & 0xFFFFFFFF
-                de = (C[i, SEQ] + C[i, PLEN] - r) & 0xFFFFFFFF
-                if (ds != 0 and ds < 0x80000000) or (C[i, PLEN] > 0 and (de == 0 or de >= 0x80000000)):
+                if _after(seq, r) or (plen > 0 and not _after(end, r)):
                     return i
             if keeps & KEEPS_WUP and C[i, FLAGS] & 0x10:
                 # Ours acknowledging less than the sender's own rcv_nxt (Kernel._sent ends
@@ -456,14 +470,11 @@ def run(C, fst, vc, sc, start, k):
                     return i      # (a loopback segment whose other direction is not cached)
                 else:
                     ro = fst[s, F_RCV + b]
-                back = (ro - C[i, ACK]) & 0xFFFFFFFF
-                if ro != 0 and back != 0 and back <= 0x80000000:
+                if ro != 0 and _before(C[i, ACK], ro):
                     return i
             if keeps & KEEPS_RCV:
                 # tcp_rcv: rcv_nxt moves forward, the newest timestamp is kept.
-                end = (C[i, SEQ] + C[i, PLEN]) & 0xFFFFFFFF
-                diff = (end - r) & 0xFFFFFFFF
-                if r == 0 or (diff != 0 and diff < 0x80000000):
+                if r == 0 or _after(end, r):
                     fst[s, F_RCV + b] = end
                 if C[i, TSVAL] >= 0:
                     fst[s, F_TSV + b] = C[i, TSVAL]

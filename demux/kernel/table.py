@@ -171,7 +171,8 @@ class Lookup:
 
 
 def _seq_after(a: int, b: int) -> bool:
-    return ((a - b) & 0xFFFFFFFF) not in (0,) and ((a - b) & 0xFFFFFFFF) < 0x80000000
+    """The kernel's ``after(a, b)``, except at exactly half the space apart (neither)."""
+    return 0 < (a - b) & 0xFFFFFFFF < 0x80000000
 
 
 def _before(a: int, b: int) -> bool:
@@ -934,12 +935,12 @@ class Kernel:
         c = self.est.get(key)
         if (c is not None and flags & _SYN_FIN_RST_ACK == ACK and not c.expire and c.fin_out is None
                 and c.state == ts.ESTAB and steps is None and not c.rcv_zero
-                and not _old_kind(c.rcv_wup, (p.seq + p.payload_len) & 0xFFFFFFFF, p.payload_len,
+                and not _old_kind(c.rcv_wup, (end := (p.seq + p.payload_len) & 0xFFFFFFFF), p.payload_len,
                                   c.rcv_nxt if c.rcv_exact else 0)):
             # The common case: data or an ACK on an open connection changes no state
             # (what _conn_in would do for it, without the detour; an old one goes there,
             # and CLOSE-WAIT's, which may bring data after the peer's FIN).
-            _received(c, p, (p.seq + p.payload_len) & 0xFFFFFFFF)
+            _received(c, p, end)
             if p.tsval is not None:
                 c.tsval = p.tsval
             # steady_verdict's open-connection case, inline on the hottest path.
