@@ -193,6 +193,19 @@ def test_synthetic_small_table(synth_capture):
     _same(path, sc, 2, chunk=512, gc_floor=4)
 
 
+def test_flow_table_grows(synth_capture, monkeypatch):
+    # The table starts small and doubles at each clear up to its capacity; the flows
+    # alive at each clear come back through the kernel with the same verdicts.
+    from demux.batch import engine
+    path, sc = synth_capture
+    monkeypatch.setattr(engine, "_FLOWS_FIRST", 16)
+    _same(path, sc, 1, flow_capacity=512, chunk=700)
+    e = engine.BatchEngine(sc, 0, flow_capacity=512, chunk=700)
+    assert e.fcap == 16
+    e.run(path)
+    assert e.fcap == 512
+
+
 def test_cli_engines_print_the_same(synth_capture, tmp_path):
     # Standard output and standard error alike: the notes on datagrams never
     # reassembled (synth leaves a few fragments alone) come from both engines.

@@ -91,6 +91,7 @@ _INT64_MAX = (1 << 63) - 1
 # Packets this close before a scenario event's time go to the kernel, which decides
 # with exact float arithmetic whether the event is due.
 _EVENT_MARGIN_NS = 1_000_000
+_FLOWS_FIRST = 1 << 12      # the flow table's first size (832 KB), before it grows
 _READ = 2 << 20     # with 8192-frame chunks: a chunk's columns and bytes stay in the CPU caches
 
 
@@ -184,17 +185,14 @@ class BatchEngine:
         cap = 1
         while cap < flow_capacity:
             cap <<= 1
-        self.fcap = cap
-        self.fst = np.zeros((cap, _nb.NFS), np.int64)
-        self.ftpl = np.zeros((cap, 4), np.int64)
+        # The flow table starts small and doubles each time it is cleared, up to
+        # flow_capacity: a capture with few live flows keeps its table in the CPU caches,
+        # and pays no page faults for slots it never uses.
+        self.fcap_max = cap
         self.sc = np.zeros(_nb.NSC, np.int64)
-        self.sc[_nb.S_MASK] = cap - 1
         self.sc[_nb.S_EVENT_NS] = -(1 << 62)       # until the first packet sets t0
-        # Flat int64 views of the same memory: the kernel path reads and writes a few
-        # words per packet, and a memoryview item costs a fraction of a numpy index.
-        self.fm = memoryview(self.fst).cast("B").cast("q")
-        self.ftm = memoryview(self.ftpl).cast("B").cast("q")
         self.scm = memoryview(self.sc)
+        self._flow_table(min(cap, _FLOWS_FIRST))
         self.Cm = memoryview(self.C).cast("B").cast("q")
         self.vc = np.zeros((1024, 3), np.int64)
         self.vc[:, 2] = -1
@@ -525,13 +523,26 @@ class BatchEngine:
         if vid >= 0:
             self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
 
+    def _flow_table(self, cap: int) -> None:
+        self.fcap = cap
+        self.fst = np.zeros((cap, _nb.NFS), np.int64)
+        self.ftpl = np.zeros((cap, 4), np.int64)
+        self.sc[_nb.S_MASK] = cap - 1
+        # Flat int64 views of the same memory: the kernel path reads and writes a few
+        # words per packet, and a memoryview item costs a fraction of a numpy index.
+        self.fm = memoryview(self.fst).cast("B").cast("q")
+        self.ftm = memoryview(self.ftpl).cast("B").cast("q")
+
     def _clear_flows(self) -> None:
         """Forget every flow (the table is full of flows that may be long gone)."""
         if self._writer is not None:
             self._writer.drain()      # it may still read the flow templates
         self._sync_all()
-        self.fst[:] = 0
-        self.ftpl[:] = 0
+        if self.fcap < self.fcap_max:
+            self._flow_table(2 * self.fcap)
+        else:
+            self.fst[:] = 0
+            self.ftpl[:] = 0
         self.tarena.clear()
         self.finfo.clear()
         self.slots.clear()
