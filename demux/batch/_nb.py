@@ -20,7 +20,9 @@ applies them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from demux.kernel.table import KEEPS_ISN, KEEPS_RCV, KEEPS_WUP
 
@@ -335,7 +337,10 @@ def parse(buf, C, k):
             C[i, FLAGS] = buf[l4 + 13]
             C[i, SEQ] = _u32be(buf, l4 + 4)
             C[i, ACK] = _u32be(buf, l4 + 8)
-            C[i, TSVAL] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
+            if hl == 32 and buf[l4 + 20] == 1 and buf[l4 + 21] == 1 and buf[l4 + 22] == 8 and buf[l4 + 23] == 10:
+                C[i, TSVAL] = _u32be(buf, l4 + 24)       # Linux's NOP, NOP, timestamp
+            else:
+                C[i, TSVAL] = _tcp_tsval(buf, l4 + 20, l4 + hl) if hl > 20 else -1
             C[i, WIN] = _u16be(buf, l4 + 14)
             C[i, PLEN] = seg - hl
         elif proto == 17:
@@ -505,9 +510,24 @@ def count_only(C, vc, k):
             vc[v, 1] += C[i, PLEN]
 
 
+@intrinsic
+def _memcpy(typingctx, dst, doff, src, soff, n):
+    """memcpy(&dst[doff], &src[soff], n) for two uint8 arrays that do not overlap."""
+    sig = types.void(dst, types.int64, src, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        d = context.make_array(sig.args[0])(context, builder, args[0])
+        s = context.make_array(sig.args[2])(context, builder, args[2])
+        cgutils.raw_memcpy(builder, builder.gep(d.data, [args[1]]), builder.gep(s.data, [args[3]]), args[4], 1)
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def _put(out, o, src, a, n):
-    out[o:o + n] = src[a:a + n]
+    """out[o:o + n] = src[a:a + n]; returns o + n. A memcpy: numba's slice assignment
+    builds two views and checks them for overlap, and a byte loop is not vectorised
+    (a jsonl line's four pieces: 145 ns that way, 7 ns this way)."""
+    _memcpy(out, o, src, a, n)
     return o + n
 
 
@@ -517,14 +537,14 @@ def _itoa(out, o, v):
         out[o] = 45
         o += 1
         v = -v
-    if v == 0:
-        out[o] = 48
-        return o + 1
-    n = 0
-    t = v
-    while t > 0:
+    # The digits are counted by comparisons, and each is written with one division.
+    n = 1
+    t = np.int64(10)
+    while n < 18 and v >= t:
         n += 1
-        t //= 10
+        t *= 10
+    if v >= t:
+        n += 1
     for j in range(n - 1, -1, -1):
         out[o + j] = 48 + v % 10
         v //= 10
@@ -605,6 +625,21 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
     return o
 
 
+@njit(cache=True)
+def unwritten(C, k, vsuf):
+    """The verdict ids of frames 0..k whose jsonl tails are not written yet (vsuf[v, 1]
+    < 0), each once: they are marked -2 here, and written by the caller."""
+    ids = np.empty(k, np.int64)
+    m = 0
+    for i in range(k):
+        v = C[i, VID]
+        if v >= 0 and vsuf[v, 1] == -1:
+            vsuf[v, 1] = -2
+            ids[m] = v
+            m += 1
+    return ids[:m]
+
+
 @njit(cache=True, inline="always")
 def _u32le(out, o, x):
     out[o] = x & 0xFF
@@ -638,9 +673,7 @@ def pcap_records(C, buf, idx, out, nanos, snaplen):
         _u32le(out, o + 8, n)
         _u32le(out, o + 12, orig)
         o += 16
-        off = C[i, OFF]
-        out[o:o + n] = buf[off:off + n]
-        o += n
+        o = _put(out, o, buf, C[i, OFF], n)
     return o
 
 
@@ -665,15 +698,11 @@ def pcapng_records(C, buf, k, out, ifids, opts, optoff, optlen, snaplen):
         _u32le(out, o + 20, n)
         _u32le(out, o + 24, max(C[i, ORIG], n))
         o += 28
-        off = C[i, OFF]
-        out[o:o + n] = buf[off:off + n]
-        o += n
+        o = _put(out, o, buf, C[i, OFF], n)
         for j in range(pad):
             out[o + j] = 0
         o += pad
-        a = optoff[i]
-        out[o:o + ol] = opts[a:a + ol]
-        o += ol
+        o = _put(out, o, opts, optoff[i], ol)
         _u32le(out, o, blen)
         o += 4
     return o

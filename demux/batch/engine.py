@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import gc
 import json
+import struct
 import threading
 from collections import deque
 
@@ -88,6 +89,10 @@ from demux.wire import flag_string, parse
 
 _UNTIL_MAX_S = 9.0e9        # past this a timer's nanoseconds would not fit an int64: never
 _INT64_MAX = (1 << 63) - 1
+# One direction of travel of a flow's row, F_VID to F_WUP, written at once by _recache.
+_DIRECTION = struct.Struct("=10q")
+assert (_nb.F_VID, _nb.F_STAMP, _nb.F_RCV, _nb.F_TSV, _nb.F_SHADOW, _nb.F_DIRTY, _nb.F_MASK, _nb.F_VAL,
+        _nb.F_UNTIL, _nb.F_WUP) == tuple(range(10))
 # Packets this close before a scenario event's time go to the kernel, which decides
 # with exact float arithmetic whether the event is due.
 _EVENT_MARGIN_NS = 1_000_000
@@ -274,18 +279,6 @@ class BatchEngine:
         vid = self.vids.get(key)
         return vid if vid is not None else self._register(key, direction, v)
 
-    def _vid_conn(self, direction: str, c) -> int:
-        """The id of the verdict ``Kernel.steady_verdict`` gives connection ``c``'s steady
-        segments (interned on what that verdict is made of). Without jsonl or annotations
-        only the verdict's name and process are used, and those depend on the direction, the
-        state and the process alone (steady_verdict says so): one id then serves every
-        connection alike, instead of a verdict built and interned per connection."""
-        key = (direction, c, c.state, c.fd, c.reason) if self.exact else (direction, c.proc, c.state)
-        vid = self.vids.get(key)
-        if vid is not None:
-            return vid
-        return self._register(key, direction, self.k.steady_verdict(c, direction))
-
     def _register(self, key, direction: str, v: Verdict) -> int:
         if self.free:
             vid = self.free.pop()
@@ -453,58 +446,67 @@ class BatchEngine:
         return (q[0] | qo[0], q[1] | qo[1], min(q[2], qo[2]), q[3] | qo[3]), co
 
     def _recache(self, s: int, d: int, p, rec, quiet: bool) -> None:
-        fm = self.fm
+        """Fill flow ``s``'s cache from the kernel's state after one of its packets: per
+        direction of travel, all ten words at once (``_DIRECTION``)."""
+        fb = self.fb
         row = s * _nb.NFS
         if p.proto == 6:
             est = self.k.est
             steady = self.k.steady
+            vids = self.vids
+            exact = self.exact
             conns = None
             stamp = self.scm[_nb.S_GEN_TCP]
             info = self.finfo.get(s) or self._flow_info(s, d, p)
             for dd, (kind, key_in, key_out, src, sport, dst, dport) in enumerate(info):
-                b = row + _nb.F_DSTRIDE * dd
-                vid, st, q = -1, stamp, None
+                o = 8 * (row + _nb.F_DSTRIDE * dd)
                 if kind == "transit":
                     vid = self._vid("transit", Verdict("ignored", "transit: neither address is local to this host"))
-                    fm[b + _nb.F_MASK] = fm[b + _nb.F_VAL] = 0
-                    fm[b + _nb.F_UNTIL] = _INT64_MAX
-                    st = _nb.STAMP_FOREVER
-                else:
-                    direction = "out" if kind == "out" else "in"
-                    c = est.get(key_out if kind == "out" else key_in)
+                    _DIRECTION.pack_into(fb, o, vid, _nb.STAMP_FOREVER, 0, -1, 0, 0, 0, 0, _INT64_MAX, -1)
+                    if self.out is not None:
+                        self._template(s, dd, 6, src, sport, dst, dport)
+                    continue
+                direction = "out" if kind == "out" else "in"
+                c = est.get(key_out if kind == "out" else key_in)
+                q = None
+                if c is not None:
+                    q = steady(c, direction)
                     sender = c if kind == "out" else None
-                    if c is not None:
-                        q = steady(c, direction)
-                        if q is not None and kind == "loop":
-                            q, sender = self._also_sent(q, key_out)
-                    if q is not None:
-                        vid = self._vid_conn(direction, c)
-                        mask, val, until, keeps = q
-                        fm[b + _nb.F_MASK] = mask
-                        fm[b + _nb.F_VAL] = val
-                        # Packets this close to the timer go to the kernel, which decides
-                        # with exact float arithmetic whether the entry is gone.
-                        fm[b + _nb.F_UNTIL] = (_INT64_MAX if until > _UNTIL_MAX_S else
-                                               int(until * 1e9) - _EVENT_MARGIN_NS)
-                        if keeps:
-                            if conns is None:
-                                conns = [None, None, None, None]
-                            conns[dd] = c if keeps & KEEPS_RCV else None
-                            conns[2 + dd] = sender
-                            # the receiver's rcv_nxt and timestamp, the sender's rcv_wup,
-                            # what is recorded, nothing recorded yet
-                            # (an entry going out with KEEPS_WUP alone: the sender's exact
-                            # rcv_nxt, which its ACKs must not fall behind: Kernel._sent)
-                            fm[b + _nb.F_RCV] = (c.rcv_nxt if keeps & KEEPS_RCV or c.rcv_exact else 0)
-                            fm[b + _nb.F_TSV] = -1 if c.tsval is None else c.tsval
-                            fm[b + _nb.F_WUP] = (-1 if sender is None or sender.rcv_wup is None
-                                                 else sender.rcv_wup)
-                            fm[b + _nb.F_SHADOW] = keeps
-                            fm[b + _nb.F_DIRTY] = 0
-                if vid >= 0 and self.out is not None:
+                    if q is not None and kind == "loop":
+                        q, sender = self._also_sent(q, key_out)
+                if q is None:
+                    _DIRECTION.pack_into(fb, o, -1, stamp, 0, -1, 0, 0, 0, 0, 0, -1)
+                    continue
+                # The id of the verdict Kernel.steady_verdict gives c's steady segments,
+                # interned on what it is made of. Without jsonl or annotations only its
+                # name and process count, and those depend on the direction, the state
+                # and the process alone (steady_verdict says so): one id serves every
+                # connection alike.
+                key = (direction, c, c.state, c.fd, c.reason) if exact else (direction, c.proc, c.state)
+                vid = vids.get(key)
+                if vid is None:
+                    vid = self._register(key, direction, self.k.steady_verdict(c, direction))
+                mask, val, until, keeps = q
+                # Packets this close to the timer go to the kernel, which decides with
+                # exact float arithmetic whether the entry is gone.
+                until = _INT64_MAX if until > _UNTIL_MAX_S else int(until * 1e9) - _EVENT_MARGIN_NS
+                if keeps:
+                    if conns is None:
+                        conns = [None, None, None, None]
+                    conns[dd] = c if keeps & KEEPS_RCV else None
+                    conns[2 + dd] = sender
+                    # The receiver's rcv_nxt and timestamp, the sender's rcv_wup; nothing
+                    # recorded yet. (An entry going out with KEEPS_WUP alone keeps the
+                    # sender's exact rcv_nxt, which its ACKs must not fall behind:
+                    # Kernel._sent.)
+                    _DIRECTION.pack_into(
+                        fb, o, vid, stamp, c.rcv_nxt if keeps & KEEPS_RCV or c.rcv_exact else 0,
+                        -1 if c.tsval is None else c.tsval, keeps, 0, mask, val, until,
+                        -1 if sender is None or sender.rcv_wup is None else sender.rcv_wup)
+                else:
+                    _DIRECTION.pack_into(fb, o, vid, stamp, 0, -1, 0, 0, mask, val, until, -1)
+                if self.out is not None:
                     self._template(s, dd, 6, src, sport, dst, dport)
-                fm[b + _nb.F_VID] = vid
-                fm[b + _nb.F_STAMP] = st
             if conns is not None:
                 self.shadowed[s] = conns
             return
@@ -517,9 +519,7 @@ class BatchEngine:
             stamp = _nb.STAMP_FOREVER
         elif quiet and v.verdict in ("deliver", "outbound") and rec.packet is p:
             vid = self._vid(rec.direction, v)
-        b = row + _nb.F_DSTRIDE * d
-        fm[b + _nb.F_VID] = vid
-        fm[b + _nb.F_STAMP] = stamp
+        _DIRECTION.pack_into(fb, 8 * (row + _nb.F_DSTRIDE * d), vid, stamp, 0, -1, 0, 0, 0, 0, 0, -1)
         if vid >= 0:
             self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
 
@@ -530,7 +530,8 @@ class BatchEngine:
         self.sc[_nb.S_MASK] = cap - 1
         # Flat int64 views of the same memory: the kernel path reads and writes a few
         # words per packet, and a memoryview item costs a fraction of a numpy index.
-        self.fm = memoryview(self.fst).cast("B").cast("q")
+        self.fb = memoryview(self.fst).cast("B")
+        self.fm = self.fb.cast("q")
         self.ftm = memoryview(self.ftpl).cast("B").cast("q")
 
     def _clear_flows(self) -> None:
@@ -819,10 +820,8 @@ class BatchEngine:
                     idx = idx[bad + 1:]
 
     def _emit(self, k: int) -> None:
-        used = np.unique(self.C[:k, _nb.VID])
-        used = used[used >= 0]
         vlist = self.vlist
-        for vid in used[self.vsuf[used, 1] < 0].tolist():
+        for vid in _nb.unwritten(self.C, k, self.vsuf).tolist():
             direction, v, _key = vlist[vid]
             self._suffix(vid, direction, v)
         sa = np.frombuffer(bytes(self.sarena), np.uint8) if self.sarena else np.zeros(1, np.uint8)
