@@ -224,6 +224,53 @@ def _tcp_tsval(b, i, end):
     return ts
 
 
+
+@njit(cache=True)
+def _link(buf, off, dlen, lt):
+    """The link layers other than Ethernet: (ethertype, network header offset, broadcast);
+    ethertype -3: the frame is too short or the link type unknown. A call of its own:
+    written out in ``parse``'s loop, these branches made every Ethernet frame 5 ns slower."""
+    bcast = 0
+    et = np.int64(-1)
+    o = off
+    if lt == 113:
+        if dlen < 16:
+            return np.int64(-3), o, bcast
+        pt = _u16be(buf, off)
+        bcast = 1 if (pt == 1 or pt == 2) else 0
+        et = _u16be(buf, off + 14)
+        o = off + 16
+    elif lt == 276:
+        if dlen < 20:
+            return np.int64(-3), o, bcast
+        pt = buf[off + 10]
+        bcast = 1 if (pt == 1 or pt == 2) else 0
+        et = _u16be(buf, off)
+        o = off + 20
+    elif lt == 101 or lt == 12 or lt == 14:
+        if dlen < 1:
+            return np.int64(-3), o, bcast
+        v = buf[off] >> 4
+        et = 0x0800 if v == 4 else (0x86DD if v == 6 else -1)
+    elif lt == 228:
+        et = 0x0800
+    elif lt == 229:
+        et = 0x86DD
+    elif lt == 0 or lt == 108:
+        if dlen < 4:
+            return np.int64(-3), o, bcast
+        be = _u32be(buf, off)
+        le = _u32(buf, off, True)
+        if be == 2 or le == 2:
+            et = 0x0800
+        elif be in (10, 24, 28, 30) or le in (10, 24, 28, 30):
+            et = 0x86DD
+        o = off + 4
+    else:
+        return np.int64(-3), o, bcast
+    return et, o, bcast
+
+
 @njit(cache=True, nogil=True)
 def parse(buf, C, k):
     """Fill the packet columns of frames 0..k; KIND says whether the fast fields hold."""
@@ -244,41 +291,10 @@ def parse(buf, C, k):
             bcast = buf[off] & 1
             et = _u16be(buf, off + 12)
             o = off + 14
-        elif lt == 113:
-            if dlen < 16:
-                continue
-            pt = _u16be(buf, off)
-            bcast = 1 if (pt == 1 or pt == 2) else 0
-            et = _u16be(buf, off + 14)
-            o = off + 16
-        elif lt == 276:
-            if dlen < 20:
-                continue
-            pt = buf[off + 10]
-            bcast = 1 if (pt == 1 or pt == 2) else 0
-            et = _u16be(buf, off)
-            o = off + 20
-        elif lt == 101 or lt == 12 or lt == 14:
-            if dlen < 1:
-                continue
-            v = buf[off] >> 4
-            et = 0x0800 if v == 4 else (0x86DD if v == 6 else -1)
-        elif lt == 228:
-            et = 0x0800
-        elif lt == 229:
-            et = 0x86DD
-        elif lt == 0 or lt == 108:
-            if dlen < 4:
-                continue
-            be = _u32be(buf, off)
-            le = _u32(buf, off, True)
-            if be == 2 or le == 2:
-                et = 0x0800
-            elif be in (10, 24, 28, 30) or le in (10, 24, 28, 30):
-                et = 0x86DD
-            o = off + 4
         else:
-            continue
+            et, o, bcast = _link(buf, off, dlen, lt)
+            if et == -3:
+                continue
         if lt == 1 or lt == 113 or lt == 276:
             while et == 0x8100 or et == 0x88A8 or et == 0x9100:
                 if end_f - o < 4:
