@@ -535,3 +535,31 @@ def test_our_ack_behind_rcv_nxt_in_both_engines(tmp_path):
         path = str(tmp_path / f"{name}.pcap")
         _write(path, flows, pkts)
         assert _same(path, scen.loads(SCENARIO)) == len(pkts), name
+
+
+def test_not_exact_rcv_nxt_is_cached(tmp_path):
+    # A connection seen mid-stream (so rcv_nxt is the furthest end seen, not the kernel's:
+    # Conn.rcv_exact is false): a copy of data, a segment past rcv_nxt, and ours
+    # acknowledging less than rcv_nxt change nothing there, so the cache gives them their
+    # verdicts (deliver, outbound) instead of sending them to the kernel.
+    flows = [("10.0.0.1", "10.1.0.2", 80, 1111, 6)]
+    pkts = [(0, True, 0x18, 100, 5, 0.001, 0), (0, False, 0x18, 100, 5, 0.001, 0)]
+    for _ in range(20):
+        pkts += [(0, True, 0x18, 100, 5, 0.001, 0),
+                 (0, True, 0x18, 100, 5, 0.001, -100),       # the same data again
+                 (0, True, 0x18, 100, 5, 0.001, 50),         # past rcv_nxt
+                 (0, True, 0x18, 50, 5, 0.001, -150),        # before it, filling the gap
+                 (0, False, 0x18, 10, 5, 0.001, 0, -100),    # ours acknowledging less
+                 (0, False, 0x10, 0, 5, 0.001, 0)]
+    path = str(tmp_path / "m.pcap")
+    _write(path, flows, pkts)
+    sc = scen.loads(SCENARIO)
+    assert _same(path, sc) == len(pkts)
+    ref = io.BytesIO()
+    reference_jsonl(path, sc, 0, ref)
+    lines = ref.getvalue().splitlines()
+    assert all(b'"verdict": "deliver"' in ln or b'"verdict": "outbound"' in ln for ln in lines)
+    from demux.batch.engine import BatchEngine
+    e = BatchEngine(sc, 0)
+    e.run(path)
+    assert e.slow_packets <= 4, e.slow_packets

@@ -47,6 +47,10 @@ F_USED = 20
 F_KEY = 21            # 5 words: the flow's two endpoints and its protocol/interface word
 NFS = 26
 STAMP_FOREVER = -2
+# A bit the batch engine adds to KEEPS_RCV in F_SHADOW: the receiver's rcv_nxt is exact
+# (Conn.rcv_exact). A cached segment never changes that: those that would end it go to
+# the kernel, and nothing cached makes it exact again.
+EXACT = 1 << 8
 
 # -- scalars sc[] -----------------------------------------------------------------------
 S_GEN_TCP, S_GEN_UDP, S_EVENT_NS, S_NFLOWS, S_MASK, S_SLOW_FLOW, S_SLOW_DIR = 0, 1, 2, 3, 4, 5, 6
@@ -475,17 +479,19 @@ def run(C, fst, vc, sc, start, k):
                     return i
             keeps = fst[s, F_SHADOW + b]
             r = fst[s, F_RCV + b]
-            if keeps & KEEPS_RCV and r != 0:
-                # A segment past rcv_nxt (it ends rcv_exact: Kernel._received), or data that
-                # is a copy (it ends at or before rcv_nxt: Kernel._old).
+            if keeps & EXACT and r != 0:
+                # While rcv_nxt is exact: a segment past it (it ends rcv_exact:
+                # Kernel._received), or data that is a copy (it ends at or before
+                # rcv_nxt: Kernel._old). Once not exact, both are taken as the rest.
                 if _after(seq, r) or (plen > 0 and not _after(end, r)):
                     return i
             if keeps & KEEPS_WUP and C[i, FLAGS] & 0x10:
-                # Ours acknowledging less than the sender's own rcv_nxt (Kernel._sent ends
-                # rcv_exact): that is the other direction's, live, while it is cached;
-                # else the one the entry was filled with (0 when not exact).
-                if fst[s, F_SHADOW + ob] & KEEPS_RCV:
-                    ro = fst[s, F_RCV + ob]
+                # Ours acknowledging less than the sender's own exact rcv_nxt (Kernel._sent
+                # ends rcv_exact): that is the other direction's, live, while it is
+                # cached; else the one the entry was filled with (0 when not exact).
+                so = fst[s, F_SHADOW + ob]
+                if so & KEEPS_RCV:
+                    ro = fst[s, F_RCV + ob] if so & EXACT else 0
                 elif keeps & KEEPS_RCV:
                     return i      # (a loopback segment whose other direction is not cached)
                 else:

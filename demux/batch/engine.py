@@ -19,8 +19,9 @@ tests/test_batch.py hold them to the reference, packet for packet):
 
 - TCP: the segments ``Kernel.steady`` names for the connection the established hash
   holds for the flow (in the kernel, beside the paths it summarises): plain segments on
-  ESTAB/CLOSE-WAIT with no FIN of ours outstanding and an open window (not old, not a
-  copy, no hole), a request socket's SYN-ACK out and retransmitted SYN in, plain
+  ESTAB/CLOSE-WAIT with no FIN of ours outstanding and an open window (not old; while
+  ``rcv_nxt`` is exact, not a copy and no hole: the entry carries the EXACT bit then),
+  a request socket's SYN-ACK out and retransmitted SYN in, plain
   segments out of TIME-WAIT; each before the entry's timer (a margin before it: the
   kernel decides those with its own float arithmetic). Their verdict is
   ``Kernel.steady_verdict``. The only thing such a segment records is what ``steady``
@@ -501,7 +502,8 @@ class BatchEngine:
                     # Kernel._sent.)
                     _DIRECTION.pack_into(
                         fb, o, vid, stamp, c.rcv_nxt if keeps & KEEPS_RCV or c.rcv_exact else 0,
-                        -1 if c.tsval is None else c.tsval, keeps, 0, mask, val, until,
+                        -1 if c.tsval is None else c.tsval,
+                        keeps | _nb.EXACT if keeps & KEEPS_RCV and c.rcv_exact else keeps, 0, mask, val, until,
                         -1 if sender is None or sender.rcv_wup is None else sender.rcv_wup)
                 else:
                     _DIRECTION.pack_into(fb, o, vid, stamp, 0, -1, 0, 0, mask, val, until, -1)

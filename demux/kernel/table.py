@@ -868,11 +868,12 @@ class Kernel:
         the handshake's last ACK must acknowledge); KEEPS_WUP, the acknowledgment number
         of the latest one is ``rcv_wup``; else KEEPS_NOTHING. A segment coming in whose
         other direction keeps ``rcv_wup`` is steady only if it is not old by it (``_old``:
-        it ends after it, or at it without data); with KEEPS_RCV, only if it does not
-        start past ``rcv_nxt`` and, with data, ends past it (a copy is ``_old``'s, a
-        segment past it ends ``rcv_exact``: ``_received``). One going out with KEEPS_WUP
-        is steady only if it does not acknowledge less than the receiving side's
-        ``rcv_nxt`` (``_sent`` ends ``rcv_exact`` then). None: any segment may change
+        it ends after it, or at it without data); with KEEPS_RCV, while ``rcv_exact``,
+        only if it does not start past ``rcv_nxt`` and, with data, ends past it (a copy is
+        ``_old``'s, a segment past it ends ``rcv_exact``: ``_received``; once ``rcv_nxt``
+        is not exact, both are taken as any other). One going out with KEEPS_WUP is
+        steady only if it does not acknowledge less than the receiving side's ``rcv_nxt``
+        while that is exact (``_sent`` ends ``rcv_exact`` then). None: any segment may change
         something. The paths this summarises, which use ``steady_verdict`` (the straight
         paths build the open-connection verdict inline: it is the hot path;
         tests/test_batch.py holds the cache to them packet for packet):
