@@ -534,6 +534,8 @@ def count_only(C, vc, k):
 @intrinsic
 def _memcpy(typingctx, dst, doff, src, soff, n):
     """memcpy(&dst[doff], &src[soff], n) for two uint8 arrays that do not overlap."""
+    if dst.dtype != types.uint8 or src.dtype != types.uint8:
+        return None                       # (offsets and n count bytes)
     sig = types.void(dst, types.int64, src, types.int64, types.int64)
 
     def codegen(context, builder, sig, args):
