@@ -52,9 +52,17 @@ STAMP_FOREVER = -2
 # the kernel, and nothing cached makes it exact again.
 EXACT = 1 << 8
 
+# -- UDP local ends (rows of lst[LCAP, NLS]) --------------------------------------------
+# The verdict every peer's datagram to (or from) one local end gets (Kernel.udp_any_peer),
+# for a UDP flow not cached yet: its key (address, and port, family, direction, interface
+# and link broadcast in one word), the verdict id and its generation stamp.
+L_USED, L_KEY, L_VID, L_STAMP = 0, 1, 4, 5
+NLS = 6
+
 # -- scalars sc[] -----------------------------------------------------------------------
 S_GEN_TCP, S_GEN_UDP, S_EVENT_NS, S_NFLOWS, S_MASK, S_SLOW_FLOW, S_SLOW_DIR = 0, 1, 2, 3, 4, 5, 6
-NSC = 8
+S_SLOW_LOCAL, S_NLOCAL, S_LMASK = 7, 8, 9
+NSC = 10
 
 # -- walk result codes ------------------------------------------------------------------
 W_MORE, W_BLOCK, W_DAMAGE, W_FULL, W_UNSUPPORTED = 1, 2, 3, 4, 5
@@ -436,8 +444,52 @@ def _flow(C, i, fst, sc):
         s = (s + 1) & mask
 
 
+@njit(cache=True)
+def _is_local(fam, hi, lo, locs):
+    """Kernel.is_local for an address in columns: 127/8, a v4-mapped local address, or
+    one of the host's (rows of locs: family, high and low words)."""
+    if fam == 6 and hi == 0 and (lo >> 32) == 0xFFFF:
+        fam = 4
+        lo &= 0xFFFFFFFF
+    if fam == 4 and (lo >> 24) == 127:
+        return True
+    for j in range(locs.shape[0]):
+        if locs[j, 0] == fam and locs[j, 1] == hi and locs[j, 2] == lo:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _local_end(C, i, lst, locs, sc):
+    """The row of datagram i's local end in lst (inserted, with no verdict, if new), when
+    exactly one of its addresses is local; else, or when lst is half full, -1."""
+    fam = C[i, FAM]
+    dl = _is_local(fam, C[i, DA_HI], C[i, DA_LO], locs)
+    if dl == _is_local(fam, C[i, SA_HI], C[i, SA_LO], locs):
+        return -1
+    if dl:
+        hi, lo, port, out = C[i, DA_HI], C[i, DA_LO], C[i, DPORT], 0
+    else:
+        hi, lo, port, out = C[i, SA_HI], C[i, SA_LO], C[i, SPORT], 1
+    meta = port | (fam << 16) | (out << 20) | (((C[i, IFID] + 1) & 0xFFF) << 24) | (C[i, BCAST] << 40)
+    mask = sc[S_LMASK]
+    e = _mix(_mix(_mix(np.int64(0x7654321), hi), lo), meta) & mask
+    while True:
+        if lst[e, L_USED] == 0:
+            if sc[S_NLOCAL] * 2 >= mask:
+                return -1
+            lst[e, L_USED] = 1
+            lst[e, L_KEY], lst[e, L_KEY + 1], lst[e, L_KEY + 2] = hi, lo, meta
+            lst[e, L_VID] = -1
+            sc[S_NLOCAL] += 1
+            return e
+        if lst[e, L_KEY + 2] == meta and lst[e, L_KEY + 1] == lo and lst[e, L_KEY] == hi:
+            return e
+        e = (e + 1) & mask
+
+
 @njit(cache=True, nogil=True)
-def run(C, fst, vc, sc, start, k):
+def run(C, fst, lst, locs, vc, sc, start, k):
     """Packets start..k that copy their flow's cached verdict; stops at the first that
     needs the kernel and returns its index (k when none does). The flow and direction
     of that packet are left in sc[S_SLOW_FLOW], sc[S_SLOW_DIR] (-1: not parsed here)."""
@@ -456,10 +508,20 @@ def run(C, fst, vc, sc, start, k):
         sc[S_SLOW_FLOW] = s
         sc[S_SLOW_DIR] = d
         v = fst[s, F_VID + F_DSTRIDE * d]
-        if v < 0:
-            return i
         st = fst[s, F_STAMP + F_DSTRIDE * d]
         proto = C[i, PROTO]
+        if proto == 17 and (v < 0 or st != STAMP_FOREVER and st != gen_udp):
+            # A datagram of a flow with no verdict: its local end's, if every peer gets it.
+            e = _local_end(C, i, lst, locs, sc)
+            if e < 0 or lst[e, L_VID] < 0 or lst[e, L_STAMP] != gen_udp:
+                sc[S_SLOW_LOCAL] = e
+                return i
+            v = lst[e, L_VID]
+            st = gen_udp
+            fst[s, F_VID + F_DSTRIDE * d] = v
+            fst[s, F_STAMP + F_DSTRIDE * d] = st
+        if v < 0:
+            return i
         if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
             return i
         if proto == 6:
@@ -646,6 +708,19 @@ def jsonl(C, k, out, tarena, ftpl, varena, vsuf, flagtpl, sarena, slow_off, slow
         else:
             o = _put(out, o, varena, vsuf[v, 0], vsuf[v, 1])
     return o
+
+
+@njit(cache=True)
+def untemplated(C, k, ftpl):
+    """Frames of 0..k with a verdict whose flow direction has no jsonl template yet (a
+    UDP flow given its local end's verdict in ``run``)."""
+    ids = np.empty(k, np.int64)
+    m = 0
+    for i in range(k):
+        if C[i, VID] >= 0 and ftpl[C[i, FLOW], 2 * C[i, DIR] + 1] == 0:
+            ids[m] = i
+            m += 1
+    return ids[:m]
 
 
 @njit(cache=True)

@@ -34,7 +34,12 @@ tests/test_batch.py hold them to the reference, packet for packet):
 - UDP: the verdict of the flow's previous datagram in the same direction, if it was
   ``deliver``/``outbound`` and the socket table did not change while it was decided
   (a UDP lookup is a function of the table and the packet's addresses, ports, interface
-  and link-layer broadcast bit, all of which key the flow).
+  and link-layer broadcast bit, all of which key the flow). A flow with none yet (a DNS
+  server's every query comes from a new port) gets its local end's: the verdict of the
+  last datagram to (or from) that address, port, interface and broadcast bit, if
+  ``Kernel.udp_any_peer`` says every peer gets it there, it was decided since the table
+  last changed, and exactly one of the datagram's addresses is local (``_nb._local_end``
+  reads the host's addresses; a loopback datagram is also the sender's output).
 - Transit TCP/UDP (neither address local): always ``ignored``.
 - Nothing is cached across a scenario ``at``/``close_at`` event: packets from just
   before an event's time go to the kernel, which applies it; every cache is void after.
@@ -98,6 +103,7 @@ assert (_nb.F_VID, _nb.F_STAMP, _nb.F_RCV, _nb.F_TSV, _nb.F_SHADOW, _nb.F_DIRTY,
 # with exact float arithmetic whether the event is due.
 _EVENT_MARGIN_NS = 1_000_000
 _FLOWS_FIRST = 1 << 12      # the flow table's first size (832 KB), before it grows
+_LOCAL_ENDS = 1 << 12      # UDP local ends kept (_nb.L_*), cleared when a quarter full
 _READ = 2 << 20     # with 8192-frame chunks: a chunk's columns and bytes stay in the CPU caches
 
 
@@ -152,6 +158,22 @@ def _verdict_tail(value, direction, v) -> bytes:
             + value(v.reason) + ', "reply": ' + value(v.reply) + "}\n").encode()
 
 
+def _local_addresses(k) -> np.ndarray:
+    """The host's addresses as ``_nb._is_local`` reads them: rows of (family, high and
+    low 64 bits as _nb.parse's columns hold them)."""
+    rows = [(4, 0, int.from_bytes(a, "big")) for a in sorted(k.local4)]
+    rows += [(6, int.from_bytes(a[:8], "big", signed=True), int.from_bytes(a[8:], "big", signed=True))
+             for a in sorted(k.local6)]
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def _address(fam: int, hi: int, lo: int) -> bytes:
+    """An address from its columns (the inverse of _local_addresses' rows)."""
+    if fam == 4:
+        return lo.to_bytes(4, "big")
+    return hi.to_bytes(8, "big", signed=True) + lo.to_bytes(8, "big", signed=True)
+
+
 class _Arena:
     """An append-only byte store numba can read: (offset, length) per piece."""
 
@@ -199,6 +221,11 @@ class BatchEngine:
         self.sc[_nb.S_EVENT_NS] = -(1 << 62)       # until the first packet sets t0
         self.scm = memoryview(self.sc)
         self._flow_table(min(cap, _FLOWS_FIRST))
+        self.lst = np.zeros((_LOCAL_ENDS, _nb.NLS), np.int64)
+        self.lm = memoryview(self.lst).cast("B").cast("q")
+        self.sc[_nb.S_LMASK] = _LOCAL_ENDS - 1
+        self.sc[_nb.S_SLOW_LOCAL] = -1
+        self.locs = _local_addresses(self.k)
         self.Cm = memoryview(self.C).cast("B").cast("q")
         self.vc = np.zeros((1024, 3), np.int64)
         self.vc[:, 2] = -1
@@ -340,7 +367,8 @@ class BatchEngine:
             self._writer.drain()      # it may still read the freed ids' templates
         fst = self.fst
         used = fst[:, _nb.F_USED] == 1
-        refs = np.unique(np.concatenate((fst[used, _nb.F_VID], fst[used, _nb.F_VID + _nb.F_DSTRIDE])))
+        refs = np.unique(np.concatenate((fst[used, _nb.F_VID], fst[used, _nb.F_VID + _nb.F_DSTRIDE],
+                                         self.lst[self.lst[:, _nb.L_USED] == 1, _nb.L_VID])))
         live = set(refs[refs >= 0].tolist())
         for vid, entry in enumerate(self.vlist):
             if entry is not None and vid not in live:
@@ -521,6 +549,11 @@ class BatchEngine:
             stamp = _nb.STAMP_FOREVER
         elif quiet and v.verdict in ("deliver", "outbound") and rec.packet is p:
             vid = self._vid(rec.direction, v)
+            e = self.scm[_nb.S_SLOW_LOCAL]
+            if e >= 0 and self.k.udp_any_peer(p, rec.direction):
+                # (run found e from the addresses: exactly one is local, as rec.direction says)
+                self.lm[e * _nb.NLS + _nb.L_VID] = vid
+                self.lm[e * _nb.NLS + _nb.L_STAMP] = stamp
         _DIRECTION.pack_into(fb, 8 * (row + _nb.F_DSTRIDE * d), vid, stamp, 0, -1, 0, 0, 0, 0, 0, -1)
         if vid >= 0:
             self._template(s, d, 17, p.src, p.sport, p.dst, p.dport)
@@ -629,6 +662,7 @@ class BatchEngine:
             self.scm[_nb.S_GEN_TCP] += 1
         if s >= 0:
             self._recache(s, d, p, rec, quiet)
+        self.scm[_nb.S_SLOW_LOCAL] = -1
         if self.sinks:
             self.slow_recs[i] = rec
         if self.out is not None:
@@ -654,6 +688,9 @@ class BatchEngine:
             # A quarter full: start afresh (flows still alive come back through the
             # kernel once). Past half full within a chunk, new flows go to the kernel.
             self._clear_flows()
+        if self.sc[_nb.S_NLOCAL] * 4 > _LOCAL_ENDS:
+            self.lst[:] = 0           # (their verdict ids are freed by the next _gc)
+            self.sc[_nb.S_NLOCAL] = 0
         if self.bufm is None or self.bufm.obj is not buf:
             self.bufm = memoryview(buf)
         if self.out is not None:
@@ -662,7 +699,7 @@ class BatchEngine:
         fst, sc = self.fst, self.sc
         i = 0
         while i < k:
-            i = run(C, fst, self.vc, sc, i, k)
+            i = run(C, fst, self.lst, self.locs, self.vc, sc, i, k)
             if i >= k:
                 break
             slow(buf, i)
@@ -822,6 +859,15 @@ class BatchEngine:
                     idx = idx[bad + 1:]
 
     def _emit(self, k: int) -> None:
+        done = set()
+        Cm, ncol = self.Cm, _nb.NCOL
+        for i in _nb.untemplated(self.C, k, self.ftpl).tolist():
+            # A flow given its local end's verdict in _nb.run: its template, from the columns.
+            fam, proto, sh, sl, dh, dl, sport, dport = Cm[i * ncol + _nb.FAM:i * ncol + _nb.DPORT + 1].tolist()
+            s, d = Cm[i * ncol + _nb.FLOW], Cm[i * ncol + _nb.DIR]
+            if (s, d) not in done:
+                done.add((s, d))
+                self._template(s, d, proto, _address(fam, sh, sl), sport, _address(fam, dh, dl), dport)
         vlist = self.vlist
         for vid in _nb.unwritten(self.C, k, self.vsuf).tolist():
             direction, v, _key = vlist[vid]

@@ -794,6 +794,21 @@ class Kernel:
             sk = picked or sk
         return sk, exact
 
+    def udp_any_peer(self, p, direction: str) -> bool:
+        """Whether every peer's unicast datagram to ("in") or from ("out") the local end of
+        datagram ``p`` gets the verdict ``p`` got, while the socket table stays as it is,
+        so a faster engine may give it to a new flow there without asking. So it is when
+        ``_udp_lookup`` finds a bound socket by the local end alone: no connected UDP
+        socket on the port (``udp4_lib_lookup2`` scores those by the peer), no SO_REUSEPORT
+        group of several (the flow hash picks a member), not broadcast or multicast
+        (``udp_multicast`` matches each socket's peer), and no socket claimed or made for
+        it (``_claim_client`` and the implicit sockets change the table)."""
+        local, lport = (p.dst, p.dport) if direction == "in" else (p.src, p.sport)
+        if lport in self._udp_connected_ports or direction == "in" and self.is_broadcast(p.dst, p.link_bcast):
+            return False
+        sk, _ = self._lcache.get(("udp", local, lport, p.ifname), (None, False))
+        return sk is not None and (sk.group is None or len(sk.group.socks) == 1)
+
     def _table_changed(self) -> None:
         """Every change to the socket table comes here: caches of lookups are dropped and
         ``generation`` moves on (the batch engine watches it)."""
