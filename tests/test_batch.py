@@ -608,3 +608,44 @@ sockets = [ { proto = "udp", bind = "0.0.0.0:5354", reuseport = true } ]'''))
     e = BatchEngine(sc, 0)
     e.run(path)
     assert e.slow_packets == 7, e.slow_packets
+
+
+def test_loopback_halves_the_cache_cannot_hold(tmp_path):
+    # Found in review. A socket connected to itself (10.0.0.1:40000 to itself, seen
+    # mid-stream): its segments are both halves of one direction of the flow, so a copy
+    # of its data must go to the kernel (dropped: acknowledged already). And a loopback
+    # flow whose other half is not steady (a request socket answering a peer in
+    # TIME-WAIT, on a reused 4-tuple): the receiver's rcv_wup is not in the cache, so an
+    # old ACK and copies of data go to the kernel.
+    def frames(path, segs):
+        t = 1_764_000_000.0
+        out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+        a = _addr("10.0.0.1")
+        for flags, seq, ack, plen in segs:
+            t += 0.001
+            data = _frame(a, a, 40000, 40000, 6, flags, seq, ack, plen, 0, 0)
+            out.append(struct.pack("<IIII", int(t), int(round((t - int(t)) * 1e6)) % 1000000, len(data),
+                                   len(data)) + data)
+        with open(path, "wb") as f:
+            f.write(b"".join(out))
+    segs = [(0x10, 1000, 1000, 0)] + [(0x18, 1000 + 100 * i, 1000 + 100 * i, 100) for i in range(4)]
+    segs += [(0x18, 1300, 1400, 100), (0x18, 1400, 1400, 100), (0x10, 1399, 1500, 0)]
+    sc = scen.loads(SCENARIO)
+    path = str(tmp_path / "self.pcap")
+    frames(path, segs)
+    assert _same(path, sc) == len(segs)
+    ref = io.BytesIO()
+    reference_jsonl(path, sc, 0, ref)
+    assert b"acknowledged already" in ref.getvalue()
+    flows = [("10.0.0.1", "10.0.0.1", 80, 1111, 6)]
+    start = [(0, False, 0x10, 1, 0, 0.001, -50, 1), (0, False, 0x14, 100, 5, 0.0001, 0, -200),
+             (0, True, 0x11, 0, 7, 0.001, 2147483647, 0), (0, False, 0x11, 50, 0, 0.2, 0, -200),
+             (0, False, 0x18, 0, 7, 0.001, -1, 1), (0, False, 0x12, 0, 0, 0.0001, 0, 2147483648),
+             (0, True, 0x10, 0, 5, 0.001, 50, 0)]
+    for n, tail in enumerate([[(0, True, 0x18, 0, 0, 0.001, 0, 0)],
+                              [(0, True, 0x18, 100, 0, 0.001, 0), (0, True, 0x18, 100, 0, 0.001, 50),
+                               (0, False, 0x10, 0, 0, 0.001, 0), (0, True, 0x18, 100, 0, 0.001, -100),
+                               (0, True, 0x18, 100, 0, 0.001, -100)]]):
+        path = str(tmp_path / f"tw{n}.pcap")
+        _write(path, flows, start + tail)
+        assert _same(path, sc) == len(start + tail)

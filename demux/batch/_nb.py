@@ -540,6 +540,10 @@ def run(C, fst, lst, locs, vc, sc, start, k):
                 if _before(end, wup) or (end == wup and plen > 0):
                     return i
             keeps = fst[s, F_SHADOW + b]
+            if keeps & KEEPS_RCV and not fst[s, F_SHADOW + ob] & KEEPS_WUP:
+                # The receiver's rcv_wup is not kept by the other direction (a loopback
+                # flow whose other half is not steady): the test above could not be made.
+                return i
             r = fst[s, F_RCV + b]
             if keeps & EXACT and r != 0:
                 # While rcv_nxt is exact: a segment past it (it ends rcv_exact:

@@ -502,7 +502,9 @@ class BatchEngine:
                     q = steady(c, direction)
                     sender = c if kind == "out" else None
                     if q is not None and kind == "loop":
-                        q, sender = self._also_sent(q, key_out)
+                        # (A socket connected to itself: its one 4-tuple is both ends, and
+                        # both halves of the flow are one direction here: not cached.)
+                        q, sender = (None, None) if key_in == key_out else self._also_sent(q, key_out)
                 if q is None:
                     _DIRECTION.pack_into(fb, o, -1, stamp, 0, -1, 0, 0, 0, 0, 0, -1)
                     continue
