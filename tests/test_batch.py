@@ -649,3 +649,37 @@ def test_loopback_halves_the_cache_cannot_hold(tmp_path):
         path = str(tmp_path / f"tw{n}.pcap")
         _write(path, flows, start + tail)
         assert _same(path, sc) == len(start + tail)
+
+
+def test_pcapng_sections_number_interfaces_on(tmp_path):
+    # Found in review. A new pcapng section numbers its interfaces from 0 again, so
+    # interface 0 of the second section (eth1) is not interface 0 of the first (eth0):
+    # with a socket bound to eth0, a datagram on eth1 is rejected, for a flow seen in
+    # the first section as for a new one, and the caches keep them apart.
+    sc = scen.loads('[host]\nname = "h"\naddresses = ["10.0.0.1"]\n[host.interfaces]\neth0 = ["10.0.0.1"]\n'
+                    'eth1 = []\n[[process]]\nname = "dns"\npid = 104\n'
+                    'sockets = [ { proto = "udp", bind = "0.0.0.0:53", device = "eth0" } ]\n')
+
+    def blk(t, body):
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", t, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    def shb():
+        return blk(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+    def idb(name):
+        opts = struct.pack("<HH", 2, len(name)) + name.encode() + b"\0" * (-len(name) % 4)
+        return blk(1, struct.pack("<HHI", 1, 0, 65535) + opts + struct.pack("<HH", 0, 0))
+
+    def epb(ticks, sport):
+        data = _frame(_addr("10.1.0.2"), _addr("10.0.0.1"), sport, 53, 17, 0, 0, 0, 20, 0, 0)
+        return blk(6, struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data)
+
+    t = 1_764_000_000 * 10**6          # microseconds, the interfaces' default resolution
+    path = tmp_path / "two.pcapng"
+    path.write_bytes(shb() + idb("eth0") + epb(t, 1000) + epb(t + 1000, 1001) + epb(t + 2000, 1000)
+                     + shb() + idb("eth1") + epb(t + 3000, 2000) + epb(t + 4000, 1000) + epb(t + 5000, 2000))
+    assert _same(str(path), sc) == 6
+    ref = io.BytesIO()
+    reference_jsonl(str(path), sc, 0, ref)
+    assert [b'"verdict": "deliver"' in ln for ln in ref.getvalue().splitlines()] == [True] * 3 + [False] * 3

@@ -30,7 +30,7 @@ def _columns(data: bytes):
     ifs = np.zeros((1, 7), np.int64)
     ifs[0] = (lt, 1000, 1, 0, 262144, 1, 0)
     C = np.zeros((1 << 12, _nb.NCOL), np.int64)
-    pos, k, code, _ = _nb.walk(buf, 24, len(buf), 0, True, ifs, 1, C, len(C), 0, 0, True)
+    pos, k, code, _ = _nb.walk(buf, 24, len(buf), 0, True, ifs, 1, 0, C, len(C), 0, 0, True)
     assert code == _nb.W_MORE and pos == len(buf)
     _nb.parse(buf, C, k)
     frames, pos = [], 24

@@ -64,6 +64,10 @@ S_GEN_TCP, S_GEN_UDP, S_EVENT_NS, S_NFLOWS, S_MASK, S_SLOW_FLOW, S_SLOW_DIR = 0,
 S_SLOW_LOCAL, S_NLOCAL, S_LMASK = 7, 8, 9
 NSC = 10
 
+# Interface numbers (IFID + 1) a flow's key holds: a capture with more interfaces is
+# replayed by the reference reader from the first one past this.
+IFMASK = (1 << 19) - 1
+
 # -- walk result codes ------------------------------------------------------------------
 W_MORE, W_BLOCK, W_DAMAGE, W_FULL, W_UNSUPPORTED = 1, 2, 3, 4, 5
 
@@ -118,9 +122,11 @@ def _u64be(b, i):
 
 
 @njit(cache=True, nogil=True)
-def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
+def walk(buf, pos, end, fmt, le, ifs, nifs, ifbase, C, kmax, n0, last_ns, eof):
     """Frames from ``buf[pos:end]`` into ``C`` until the buffer, ``kmax`` or a block the
-    Python side must read. Returns (pos, frames written, code, last_ns)."""
+    Python side must read. Returns (pos, frames written, code, last_ns). A pcapng frame's
+    IFID is its interface's number in the whole capture: ``ifbase`` (the interfaces of
+    the sections before) plus its number in its section, whose rows ``ifs`` holds."""
     k = 0
     while True:
         if k >= kmax:
@@ -189,7 +195,7 @@ def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
             C[k, OFF] = pos + 28
             C[k, CAP] = caplen
             C[k, ORIG] = orig
-            C[k, IFID] = ifid
+            C[k, IFID] = ifbase + ifid
             C[k, LT] = ifs[ifid, I_LT]
             k += 1
         elif btype == 3:
@@ -208,7 +214,7 @@ def walk(buf, pos, end, fmt, le, ifs, nifs, C, kmax, n0, last_ns, eof):
             C[k, OFF] = pos + 12
             C[k, CAP] = caplen
             C[k, ORIG] = orig
-            C[k, IFID] = 0
+            C[k, IFID] = ifbase
             C[k, LT] = ifs[0, I_LT]
             k += 1
         pos = nxt
@@ -418,7 +424,7 @@ def _flow(C, i, fst, sc):
     # link-layer broadcast: both are part of a UDP flow; a TCP connection is its 4-tuple.
     # (Multiplied in, not branched on: the branch cost the replay loop 8 ns a packet.)
     meta = (ap | (bp << 16) | (proto << 32) | (C[i, FAM] << 40)
-            | ((((C[i, IFID] + 1) & 0xFFF) << 44) | (C[i, BCAST] << 56)) * np.int64(proto == 17))
+            | ((C[i, BCAST] << 43) | (((C[i, IFID] + 1) & IFMASK) << 44)) * np.int64(proto == 17))
     h = _mix(_mix(_mix(_mix(_mix(np.int64(0x1234567), a_hi), a_lo), b_hi), b_lo), meta)
     mask = sc[S_MASK]
     s = h & mask
@@ -471,7 +477,7 @@ def _local_end(C, i, lst, locs, sc):
         hi, lo, port, out = C[i, DA_HI], C[i, DA_LO], C[i, DPORT], 0
     else:
         hi, lo, port, out = C[i, SA_HI], C[i, SA_LO], C[i, SPORT], 1
-    meta = port | (fam << 16) | (out << 20) | (((C[i, IFID] + 1) & 0xFFF) << 24) | (C[i, BCAST] << 40)
+    meta = port | (fam << 16) | (out << 20) | (C[i, BCAST] << 23) | (((C[i, IFID] + 1) & IFMASK) << 24)
     mask = sc[S_LMASK]
     e = _mix(_mix(_mix(np.int64(0x7654321), hi), lo), meta) & mask
     while True:

@@ -1008,7 +1008,8 @@ class BatchEngine:
         rd = self.read_size
         size = rd + max(MAX_RECORD, 16 << 20) + 64   # one read plus a partial record or block
         buf = pool.buffer(size) if pool is not None else np.empty(size, np.uint8)
-        names: list = []
+        names: list = []              # every interface's name, by its number in the capture
+        ifbase = 0
         n = 0
         end = f.readinto(memoryview(buf)[:rd])
         eof = end < rd
@@ -1030,7 +1031,8 @@ class BatchEngine:
         frozen = tuple(names)
         while True:
             C = pool.columns() if pool is not None else self.C
-            pos, k, code, last_ns = _nb.walk(buf, pos, end, mode, le, ifs, nifs, C, self.K, n, last_ns, eof)
+            pos, k, code, last_ns = _nb.walk(buf, pos, end, mode, le, ifs, nifs, ifbase, C, self.K, n, last_ns,
+                                             eof)
             if k:
                 _nb.parse(buf, C, k)
                 yield "chunk", buf, C, k, frozen
@@ -1048,6 +1050,8 @@ class BatchEngine:
                     return
                 else:
                     pos, nifs, le = res
+                    if nifs == 0:
+                        ifbase = len(names)       # a new section: its interfaces follow
                     frozen = tuple(names)
                     continue
             if code == _nb.W_MORE:
@@ -1101,8 +1105,7 @@ class BatchEngine:
             if blen < 28:
                 return "damage"
             self._le = le
-            names.clear()
-            return pos + blen, 0, le
+            return pos + blen, 0, le          # (interfaces are numbered on across sections)
         if blen < 20:
             return "damage"
         ifaces: list = []
@@ -1116,8 +1119,8 @@ class BatchEngine:
         except _Damage:
             return "damage"
         linktype, ifname, mul, div, off_ns, limit, ok, snap = ifaces[0]
-        if nifs >= len(ifs):
-            return "damage"
+        if nifs >= len(ifs) or len(names) >= _nb.IFMASK:
+            return "damage"               # (the reference reader goes on from here)
         ifs[nifs] = (linktype, mul, div, off_ns, limit, 1 if ok else 0, snap)
         names.append(ifname)
         return pos + blen, nifs + 1, le

@@ -75,7 +75,7 @@ def ours_batch_parse(path: str) -> int:
               1 if nanos else 1000, 1, 0, 262144, 1, 0)
     pos, n = 24, 0
     while True:
-        pos, k, code, _ = _nb.walk(data, pos, len(data), 0, le, ifs, 1, C, K, n, 0, True)
+        pos, k, code, _ = _nb.walk(data, pos, len(data), 0, le, ifs, 1, 0, C, K, n, 0, True)
         if k:
             _nb.parse(data, C, k)
             n += k
