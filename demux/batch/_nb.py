@@ -9,9 +9,11 @@ CLI loads at start-up imports this). Every function here works on plain numpy ar
   that agree) -> address, port, flag, sequence, length columns. Anything else is left
   for ``demux.wire.parse`` (column KIND = SLOW);
 - ``run``: the sequential pass: flow lookup and, for a packet whose flow holds a cached
-  verdict still valid, that verdict; it stops at the first packet that needs the
-  reference kernel and returns its index;
-- ``jsonl``: the per-packet lines of the fast packets from byte templates.
+  verdict still valid, that verdict (a new UDP flow: its local end's, ``_local_end``);
+  it stops at the first packet that needs the reference kernel and returns its index;
+- ``jsonl``, ``pcap_records``, ``pcapng_records``: the per-packet lines of the fast
+  packets from byte templates, and the frames of --split/--annotate files (byte copies
+  through ``_memcpy``).
 
 The rules for what may be cached live in ``demux.batch.engine``; this module only
 applies them.
