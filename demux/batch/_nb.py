@@ -518,21 +518,9 @@ def run(C, fst, lst, locs, vc, sc, start, k):
         v = fst[s, F_VID + F_DSTRIDE * d]
         st = fst[s, F_STAMP + F_DSTRIDE * d]
         proto = C[i, PROTO]
-        if proto == 17 and (v < 0 or st != STAMP_FOREVER and st != gen_udp):
-            # A datagram of a flow with no verdict: its local end's, if every peer gets it.
-            e = _local_end(C, i, lst, locs, sc)
-            if e < 0 or lst[e, L_VID] < 0 or lst[e, L_STAMP] != gen_udp:
-                sc[S_SLOW_LOCAL] = e
-                return i
-            v = lst[e, L_VID]
-            st = gen_udp
-            fst[s, F_VID + F_DSTRIDE * d] = v
-            fst[s, F_STAMP + F_DSTRIDE * d] = st
-        if v < 0:
-            return i
-        if st != STAMP_FOREVER and st != (gen_tcp if proto == 6 else gen_udp):
-            return i
         if proto == 6:
+            if v < 0 or st != STAMP_FOREVER and st != gen_tcp:
+                return i
             b = F_DSTRIDE * d
             # Not a segment the cached verdict is for, or past the entry's timer.
             if (C[i, FLAGS] & fst[s, F_MASK + b]) != fst[s, F_VAL + b] or C[i, TS] >= fst[s, F_UNTIL + b]:
@@ -586,6 +574,15 @@ def run(C, fst, lst, locs, vc, sc, start, k):
             if keeps & KEEPS_WUP and C[i, FLAGS] & 0x10:
                 # What the sender's segment acknowledges is its rcv_wup (tcp_select_window).
                 fst[s, F_WUP + b] = C[i, ACK]
+        elif v < 0 or st != STAMP_FOREVER and st != gen_udp:
+            # A datagram of a flow with no verdict: its local end's, if every peer gets it.
+            e = _local_end(C, i, lst, locs, sc)
+            if e < 0 or lst[e, L_VID] < 0 or lst[e, L_STAMP] != gen_udp:
+                sc[S_SLOW_LOCAL] = e
+                return i
+            v = lst[e, L_VID]
+            fst[s, F_VID + F_DSTRIDE * d] = v
+            fst[s, F_STAMP + F_DSTRIDE * d] = gen_udp
         C[i, VID] = v
         vc[v, 0] += 1
         vc[v, 1] += C[i, PLEN]

@@ -779,20 +779,24 @@ class Kernel:
         return m
 
     def _udp_lookup(self, p, local: bytes, lport: int, remote: bytes, rport: int, steps):
-        chain = self.udp.get(lport, ())
-        family = 4 if len(local) == 4 else 6
         if steps is not None or lport in self._udp_connected_ports:
-            return lk.udp_unicast(chain, family, remote, rport, local, lport, p.ifname, self.seed, steps)
-        key = ("udp", local, lport, p.ifname)
-        hit = self._lcache.get(key)
-        if hit is None:
-            hit = self._lcache[key] = lk.udp_unicast(chain, family, b"", 0, local, lport, p.ifname,
-                                                     self.seed, None, pick=False)
-        sk, exact = hit
+            return lk.udp_unicast(self.udp.get(lport, ()), 4 if len(local) == 4 else 6, remote, rport, local,
+                                  lport, p.ifname, self.seed, steps)
+        sk, exact = self._udp_local(local, lport, p.ifname)
         if sk is not None and sk.group is not None:
             picked = lk.reuseport_select(sk.group, lk.flow_hash(self.seed, remote, rport, local, lport), None)
             sk = picked or sk
         return sk, exact
+
+    def _udp_local(self, local: bytes, lport: int, ifname) -> tuple:
+        """The UDP lookup by the local end alone (socket or SO_REUSEPORT group, exact),
+        where no connected socket shares the port: kept until the table changes."""
+        key = ("udp", local, lport, ifname)
+        hit = self._lcache.get(key)
+        if hit is None:
+            hit = self._lcache[key] = lk.udp_unicast(self.udp.get(lport, ()), 4 if len(local) == 4 else 6, b"", 0,
+                                                     local, lport, ifname, self.seed, None, pick=False)
+        return hit
 
     def udp_any_peer(self, p, direction: str) -> bool:
         """Whether every peer's unicast datagram to ("in") or from ("out") the local end of
@@ -806,7 +810,7 @@ class Kernel:
         local, lport = (p.dst, p.dport) if direction == "in" else (p.src, p.sport)
         if lport in self._udp_connected_ports or direction == "in" and self.is_broadcast(p.dst, p.link_bcast):
             return False
-        sk, _ = self._lcache.get(("udp", local, lport, p.ifname), (None, False))
+        sk, _ = self._udp_local(local, lport, p.ifname)
         return sk is not None and (sk.group is None or len(sk.group.socks) == 1)
 
     def _table_changed(self) -> None:
